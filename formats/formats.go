@@ -1,0 +1,135 @@
+// Package formats holds the vocabulary that every stage of vmfs2vhd shares:
+// a virtual disk is an Image — an io.ReaderAt over virtual-disk offsets, its
+// size, and an extent query that says, for any offset, whether the bytes
+// there are stored data, read as zero although allocated, or are not
+// allocated at all.
+//
+// Readers (package vmfs, formats/vmdk) produce Images; the copy engine
+// (package convert) walks their extents so that holes and zero runs are never
+// read; writers (formats/raw, vhd, vhdx, qcow2) plan their layout from the
+// same extent list before any data is written.
+package formats
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Kind says what a range of a virtual disk holds.
+type Kind uint8
+
+const (
+	// Data ranges are backed by stored bytes, which may themselves happen to
+	// be zero (an eager-zeroed disk is all Data).
+	Data Kind = iota + 1
+	// Zero ranges are allocated but read as zeros without any stored bytes:
+	// VMFS to-be-zeroed blocks, ZERO extents, zeroed grains.
+	Zero
+	// Hole ranges are not allocated at this layer; at the bottom of a chain
+	// they read as zeros.
+	Hole
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Data:
+		return "data"
+	case Zero:
+		return "zero"
+	case Hole:
+		return "hole"
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// Extent is a run of one Kind in a virtual disk: [Off, Off+Len).
+type Extent struct {
+	Off, Len int64
+	Kind     Kind
+}
+
+// End returns Off+Len.
+func (e Extent) End() int64 { return e.Off + e.Len }
+
+// Image is a virtual disk.
+//
+// ReadAt takes virtual-disk offsets, is safe for concurrent use and follows
+// the io.ReaderAt contract (a read that ends past Size returns io.EOF with the
+// bytes before it). Extent returns the longest run of a single Kind that
+// starts at off, 0 <= off < Size(); it costs metadata reads only. An
+// implementation may return shorter runs than the longest possible (callers
+// merge adjacent runs of one kind), but never a run of length 0.
+type Image interface {
+	io.ReaderAt
+	Size() int64
+	Extent(off int64) (Extent, error)
+}
+
+// ErrOutOfRange is returned by Extent for an offset outside [0, Size).
+var ErrOutOfRange = errors.New("offset out of range")
+
+// Extents walks img from 0 to Size and returns its runs with adjacent runs of
+// the same Kind merged. It is a convenience for tests and planning of small
+// images; the copy engine walks with Extent directly.
+func Extents(img Image) ([]Extent, error) {
+	var out []Extent
+	err := Walk(img, 0, img.Size(), func(e Extent) error {
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}
+
+// Walk calls fn for every merged run of img that intersects [off, off+n),
+// clipped to that range, in order.
+func Walk(img Image, off, n int64, fn func(Extent) error) error {
+	size := img.Size()
+	if off < 0 || n < 0 || off > size || n > size-off {
+		return fmt.Errorf("formats: walk [%d, +%d) of a %d-byte image: %w", off, n, size, ErrOutOfRange)
+	}
+	end := off + n
+	var cur Extent
+	for pos := off; pos < end; {
+		e, err := img.Extent(pos)
+		if err != nil {
+			return err
+		}
+		if e.Len <= 0 || e.Off > pos || e.End() <= pos {
+			return fmt.Errorf("formats: extent query at %d returned [%d, +%d): %w", pos, e.Off, e.Len, ErrBadExtent)
+		}
+		e.Len = min(e.End(), end) - pos
+		e.Off = pos
+		if cur.Len > 0 && cur.Kind == e.Kind && cur.End() == e.Off {
+			cur.Len += e.Len
+		} else {
+			if cur.Len > 0 {
+				if err := fn(cur); err != nil {
+					return err
+				}
+			}
+			cur = e
+		}
+		pos = e.End()
+	}
+	if cur.Len > 0 {
+		return fn(cur)
+	}
+	return nil
+}
+
+// ErrBadExtent reports an Image whose Extent answer does not cover the
+// offset asked for.
+var ErrBadExtent = errors.New("extent query returned a run that does not cover the offset")
+
+// Allocated returns the number of bytes of img that are Data.
+func Allocated(img Image) (int64, error) {
+	var n int64
+	err := Walk(img, 0, img.Size(), func(e Extent) error {
+		if e.Kind == Data {
+			n += e.Len
+		}
+		return nil
+	})
+	return n, err
+}

@@ -1,0 +1,118 @@
+// Command vmfs2vhd reads VMware VMFS datastores (VMFS3, VMFS5, VMFS6; one
+// LUN or a spanned volume; a device or an image file) and converts the
+// virtual disks stored on them straight into VHD, VHDX, qcow2 or raw.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes, documented in the app's help.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 2
+	exitMismatch = 4
+	exitBadRange = 5
+)
+
+// exitError carries an exit code through urfave/cli without calling os.Exit
+// inside the app, so tests can run it.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErrorf(format string, args ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// Set at link time by the Makefile (-X main.commit=...); the build info is the
+// fallback.
+var (
+	version = ""
+	commit  = ""
+)
+
+func versionString() string {
+	v, c := version, commit
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && c == "" {
+				c = s.Value
+			}
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("%s (commit %s)", v, c)
+}
+
+const exitCodesHelp = `EXIT CODES:
+   0  success
+   1  failure (unreadable input, write error, interrupted)
+   2  usage error
+   4  verification mismatch (--verify)
+   5  output complete but with zero-filled unreadable ranges (--rescue)`
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:                 "vmfs2vhd",
+		Usage:                "read VMware VMFS datastores and convert their virtual disks to VHD, VHDX, qcow2 or raw",
+		Version:              versionString(),
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		HideHelpCommand:      true,
+		CustomAppHelpTemplate: cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
+		ExitErrHandler:       func(*cli.Context, error) {}, // main decides the exit code
+		Commands: []*cli.Command{
+			mkimageCommand(),
+		},
+		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
+			return &exitError{code: exitUsage, err: err}
+		},
+	}
+	return app
+}
+
+// run executes the app and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.RunContext(ctx, args)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "vmfs2vhd: %v\n", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return exitFailure
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
