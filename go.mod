@@ -2,7 +2,10 @@ module github.com/vmfs2vhd/vmfs2vhd
 
 go 1.26.0
 
-require github.com/urfave/cli/v2 v2.27.7
+require (
+	github.com/dsnet/golib/unitconv v1.0.2
+	github.com/urfave/cli/v2 v2.27.7
+)
 
 require (
 	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect

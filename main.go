@@ -82,10 +82,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Writer:               stdout,
 		ErrWriter:            stderr,
 		EnableBashCompletion: true,
-		HideHelpCommand:      true,
-		CustomAppHelpTemplate: cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
-		ExitErrHandler:       func(*cli.Context, error) {}, // main decides the exit code
+		// --disk and --snapshot specs contain commas.
+		DisableSliceFlagSeparator: true,
+		HideHelpCommand:           true,
+		CustomAppHelpTemplate:     cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
+		ExitErrHandler:            func(*cli.Context, error) {}, // main decides the exit code
 		Commands: []*cli.Command{
+			demoCommand(),
 			mkimageCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {

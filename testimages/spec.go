@@ -62,14 +62,21 @@ type FileSpec struct {
 
 // Spec describes a whole volume.
 type Spec struct {
-	VMFS      int    // 5 or 6
-	Size      int64  // logical volume size; 0 picks the smallest that fits
-	Extents   int    // number of device files (spanned volume); 0 means 1
-	Label     string // "" means "vmfs2vhd-test"
-	Seed      int64  // seeds UUIDs and default content seeds
-	Disks     []DiskSpec
-	Snapshots []SnapshotSpec
-	Files     []FileSpec
+	VMFS    int    // 5 or 6
+	Size    int64  // logical volume size; 0 picks the smallest that fits
+	Extents int    // number of device files (spanned volume); 0 means 1
+	Label   string // "" means "vmfs2vhd-test"
+	// Partition puts a partition table on every device file: "" (none: the
+	// LVM header at 1 MiB), "mbr" (type 0xFB) or "gpt" (the VMFS type GUID);
+	// the partition starts at 1 MiB.
+	Partition string
+	// LiveHeartbeat writes one live heartbeat slot, as a host that had the
+	// volume mounted leaves it.
+	LiveHeartbeat bool
+	Seed          int64 // seeds UUIDs and default content seeds
+	Disks         []DiskSpec
+	Snapshots     []SnapshotSpec
+	Files         []FileSpec
 	// HashLimit bounds the virtual size of disks whose full sha256 is
 	// computed (hashing a 2 TiB disk takes minutes); 0 means 64 GiB.
 	HashLimit int64
@@ -104,6 +111,17 @@ type ManifestFile struct {
 	TBZ   int64 `json:"tbz,omitempty"`
 	// System is set for the volume's resource files (.fdc.sf …).
 	System bool `json:"system,omitempty"`
+	// Map lists the file's runs as the volume stores them, merged: "data"
+	// (allocated blocks, sub-blocks or resident bytes), "zero" (TBZ blocks)
+	// and "hole" (unallocated blocks), clipped to Size.
+	Map []MapRun `json:"map,omitempty"`
+}
+
+// MapRun is one run of a file's storage map.
+type MapRun struct {
+	Off  int64  `json:"off"`
+	Len  int64  `json:"len"`
+	Kind string `json:"kind"` // "data", "zero", "hole"
 }
 
 // ManifestDisk is one virtual disk as seen from one descriptor (a point of a

@@ -1,0 +1,103 @@
+package testimages
+
+// Sample returns a volume spec that covers every layout the generator can
+// make on the given VMFS version: thin, lazy (TBZ blocks full of garbage) and
+// eager disks; snapshot chains of the version's default delta format (three
+// levels on an eager base, which every oracle can read, and two on a thin
+// base); a seSparse delta on VMFS5 (ESXi uses it there for disks ≥ 2 TB); a
+// UTF-8 name with spaces; resident, sub-block, multi-sub-block, file-block,
+// single- and double-indirect files with holes and TBZ blocks; nested and
+// empty directories; a symlink.
+func Sample(vmfs int) Spec {
+	g := geometryFor(vmfs)
+	B := g.blockSize
+	s := Spec{
+		VMFS: vmfs, Seed: int64(vmfs) * 1000, Label: "sample",
+		Disks: []DiskSpec{
+			{Path: "vm1/vm1.vmdk", Type: Thin, Size: 64 << 20, Fill: 30},
+			{Path: "vm2/vm2.vmdk", Type: Lazy, Size: 32 << 20, Fill: 50},
+			{Path: "vm3/vm3.vmdk", Type: Eager, Size: 16 << 20, Fill: -1},
+			{Path: "vm4/vm4.vmdk", Type: Eager, Size: 24<<20 + 512, Fill: 60},
+			{Path: "ünï cödé/ünï cödé.vmdk", Type: Thin, Size: 4 << 20, Fill: 50},
+		},
+		Snapshots: []SnapshotSpec{
+			{Base: "vm1/vm1.vmdk", Fill: 5},
+			{Base: "vm1/vm1.vmdk", Fill: 5},
+			{Base: "vm4/vm4.vmdk", Fill: 10},
+			{Base: "vm4/vm4.vmdk", Fill: 5},
+			{Base: "vm4/vm4.vmdk", Fill: 2},
+		},
+	}
+	if vmfs == 5 {
+		s.Disks = append(s.Disks, DiskSpec{Path: "vm5/vm5.vmdk", Type: Thin, Size: 8 << 20, Fill: 40})
+		s.Snapshots = append(s.Snapshots, SnapshotSpec{Base: "vm5/vm5.vmdk", Fill: 20, Delta: SESparse})
+	}
+	// A sparse single-indirect file: only the first and last blocks
+	// allocated, the last one partial.
+	nb := g.ptrs + 10
+	var holes []int64
+	for i := int64(1); i < nb-1; i++ {
+		holes = append(holes, i)
+	}
+	files := []FileSpec{
+		{Path: "files/resident.txt", Size: 100},
+		{Path: "files/subblock.bin", Size: 5000, Layout: "subblock"},
+		{Path: "files/multi-subblock.bin", Size: 20000, Layout: "subblock"},
+		{Path: "files/blocks.bin", Size: 3*B + 12},
+		{Path: "files/hole-tbz.bin", Size: 4*B + 12, Holes: []int64{2}, TBZ: []int64{1}},
+		{Path: "files/pointer-sparse.bin", Size: nb*B - 12345, Holes: holes},
+		{Path: "files/pointer-dense.bin", Size: 2*B + 77, Layout: "pointer"},
+		{Path: "files/nested/deeper/file.bin", Size: 70 << 10},
+		{Path: "files/empty.bin", Size: 0},
+		{Path: "empty-dir", Type: "dir"},
+		{Path: "link-to-vm1", Type: "symlink", Target: "vm1/vm1.vmdk"},
+	}
+	if vmfs != 3 {
+		files = append(files, FileSpec{Path: "files/double.bin", Size: 3*B + 100, Layout: "double"})
+	}
+	if vmfs == 3 {
+		// VMFS3 has no resident files.
+		files[0].Size = 100
+	}
+	s.Files = files
+	return s
+}
+
+// PointerSpec is a volume whose thin disk needs pointer blocks: 300 MiB on
+// VMFS3/5 (over the 256 direct addresses), 400 MiB on VMFS6 (over 320).
+func PointerSpec(vmfs int) Spec {
+	size := int64(300 << 20)
+	if vmfs == 6 {
+		size = 400 << 20
+	}
+	return Spec{
+		VMFS: vmfs, Seed: int64(vmfs)*1000 + 1, Label: "pointer",
+		Disks:     []DiskSpec{{Path: "big/big.vmdk", Type: Thin, Size: size, Fill: 20}},
+		Snapshots: []SnapshotSpec{{Base: "big/big.vmdk", Fill: 3}},
+	}
+}
+
+// SpannedSpec is Sample on two extents: file blocks alternate between the
+// devices in runs of 8.
+func SpannedSpec(vmfs int) Spec {
+	s := Sample(vmfs)
+	s.Extents, s.Seed, s.Label = 2, s.Seed+2, "spanned"
+	return s
+}
+
+// IssueSpec is the volume of the generator's acceptance command:
+//
+//	vmfs2vhd mkimage --vmfs V --disk vm1/vm1.vmdk,type=thin,size=64MiB,fill=30
+//	  --disk vm2/vm2.vmdk,type=lazy,size=32MiB,fill=50 --disk vm3/vm3.vmdk,type=eager,size=16MiB
+//	  --snapshot vm1/vm1.vmdk,fill=5 --snapshot vm1/vm1.vmdk,fill=5 OUT
+func IssueSpec(vmfs int) Spec {
+	return Spec{
+		VMFS: vmfs, Seed: 1,
+		Disks: []DiskSpec{
+			{Path: "vm1/vm1.vmdk", Type: Thin, Size: 64 << 20, Fill: 30},
+			{Path: "vm2/vm2.vmdk", Type: Lazy, Size: 32 << 20, Fill: 50},
+			{Path: "vm3/vm3.vmdk", Type: Eager, Size: 16 << 20, Fill: -1},
+		},
+		Snapshots: []SnapshotSpec{{Base: "vm1/vm1.vmdk", Fill: 5}, {Base: "vm1/vm1.vmdk", Fill: 5}},
+	}
+}
