@@ -1,0 +1,366 @@
+// Package convert is vmfs2vhd's copy engine: it turns a planned output
+// layout (formats.Layout) and a source virtual disk (formats.Image) into
+// bytes, reading each data range of the source once, in large chunks, with
+// several readers in flight, skipping chunks that turn out to be all zero,
+// and writing either out of order into a seekable file or in order to a
+// stream. Holes and zero runs are never read: the planner left them out of
+// the layout's data pieces.
+package convert
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vmfs2vhd/vmfs2vhd/formats"
+)
+
+// Options tune the engine.
+type Options struct {
+	// Jobs is the number of reads in flight; 0 means a default for the
+	// machine (4, at least 2, at most 2×GOMAXPROCS).
+	Jobs int
+	// ChunkSize is the largest read, a power of two ≥ 64 KiB; 0 means 4 MiB.
+	// Data pieces are cut at multiples of it so reads stay aligned.
+	ChunkSize int
+	// Progress, if set, receives the number of source data bytes done since
+	// the last call. It is called from several goroutines; it must be cheap
+	// and safe for concurrent use (an atomic add, progressbar's Add64).
+	Progress func(n int64)
+}
+
+func (o Options) jobs() int {
+	if o.Jobs > 0 {
+		return o.Jobs
+	}
+	return min(max(2, runtime.GOMAXPROCS(0)*2), 4)
+}
+
+func (o Options) chunk() int64 {
+	if o.ChunkSize >= 64<<10 && o.ChunkSize&(o.ChunkSize-1) == 0 {
+		return int64(o.ChunkSize)
+	}
+	return 4 << 20
+}
+
+// Stats count what a conversion did.
+type Stats struct {
+	DataRead     int64 // source bytes read
+	ZeroSkipped  int64 // bytes read that were all zero and not written (seekable output)
+	BytesWritten int64 // output bytes written (metadata and data; zeros in a stream too)
+	FileSize     int64 // size of the output
+}
+
+// ErrLayout reports a layout whose pieces overlap or run past its file.
+var ErrLayout = formats.ErrLayout
+
+// chunk is one read of the source and where its bytes go.
+type chunk struct {
+	seq  int64
+	off  int64 // output offset
+	src  int64 // source offset; < 0: zeros
+	n    int64
+	meta []byte
+	buf  *[]byte
+	err  error
+	done chan struct{} // ordered mode: closed when the read has finished
+}
+
+// chunks yields the layout cut into reads of at most size bytes, aligned to
+// size in the source.
+func chunks(l formats.Layout, size int64, yield func(chunk) bool) error {
+	var prevEnd int64
+	var seq int64
+	for p := range l.Pieces() {
+		if p.Len < 0 || p.Off < prevEnd || p.Off > l.FileSize()-p.Len || (p.Meta != nil && int64(len(p.Meta)) != p.Len) {
+			return fmt.Errorf("convert: piece [%d, +%d) after %d in a %d-byte file: %w", p.Off, p.Len, prevEnd, l.FileSize(), ErrLayout)
+		}
+		prevEnd = p.Off + p.Len
+		if p.Meta != nil || p.Src < 0 {
+			if !yield(chunk{seq: seq, off: p.Off, src: -1, n: p.Len, meta: p.Meta}) {
+				return nil
+			}
+			seq++
+			continue
+		}
+		for done := int64(0); done < p.Len; {
+			n := min(p.Len-done, size-(p.Src+done)%size)
+			if !yield(chunk{seq: seq, off: p.Off + done, src: p.Src + done, n: n}) {
+				return nil
+			}
+			seq++
+			done += n
+		}
+	}
+	return nil
+}
+
+// pool hands out chunk buffers; at most jobs+2 exist at once.
+type pool struct{ p sync.Pool }
+
+func newPool(size int64) *pool {
+	return &pool{sync.Pool{New: func() any { b := make([]byte, size); return &b }}}
+}
+
+// readChunk fills c.buf from src.
+func readChunk(src io.ReaderAt, c *chunk) error {
+	b := (*c.buf)[:c.n]
+	n, err := src.ReadAt(b, c.src)
+	if int64(n) == c.n {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return &ReadError{Off: c.src + int64(n), Len: c.n - int64(n), Err: err}
+}
+
+// ReadError is a failed read of the source at a virtual-disk offset.
+type ReadError struct {
+	Off, Len int64
+	Err      error
+}
+
+func (e *ReadError) Error() string {
+	return fmt.Sprintf("reading source at offset %d (%d bytes): %v", e.Off, e.Len, e.Err)
+}
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// run is the shared engine: it cuts the layout into chunks, has jobs
+// goroutines read the data chunks into pooled buffers, and hands every chunk,
+// in layout order when ordered is set, to emit. It returns the first error:
+// a read, an emit, a bad layout, or the cancellation of parent.
+func run(parent context.Context, l formats.Layout, src io.ReaderAt, opts Options, ordered bool, emit func(c *chunk) error) (int64, error) {
+	size := opts.chunk()
+	jobs := opts.jobs()
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	bufs := newPool(size)
+	var read atomic.Int64
+
+	work := make(chan *chunk)
+	// In ordered mode the emitter takes chunks in sequence from pending,
+	// each waiting for its read to finish; the channel's capacity bounds the
+	// buffers in flight.
+	pending := make(chan *chunk, jobs)
+	var wg sync.WaitGroup
+	for range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				if ctx.Err() == nil {
+					c.err = readChunk(src, c)
+					if c.err == nil {
+						read.Add(c.n)
+					}
+				} else {
+					c.err = context.Cause(ctx)
+				}
+				if ordered {
+					close(c.done)
+					continue
+				}
+				if c.err == nil {
+					c.err = emit(c)
+				}
+				bufs.p.Put(c.buf)
+				if c.err != nil {
+					cancel(c.err)
+				}
+			}
+		}()
+	}
+	emitted := make(chan struct{})
+	if ordered {
+		go func() {
+			defer close(emitted)
+			for c := range pending {
+				<-c.done
+				err := c.err
+				if err == nil && ctx.Err() == nil {
+					err = emit(c)
+				}
+				if c.buf != nil {
+					bufs.p.Put(c.buf)
+				}
+				if err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	} else {
+		close(emitted)
+	}
+
+	layoutErr := chunks(l, size, func(c chunk) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		cp := &c
+		if c.src < 0 {
+			// Metadata and zeros need no read.
+			if ordered {
+				cp.done = make(chan struct{})
+				close(cp.done)
+				select {
+				case pending <- cp:
+				case <-ctx.Done():
+					return false
+				}
+				return true
+			}
+			if err := emit(cp); err != nil {
+				cancel(err)
+				return false
+			}
+			return true
+		}
+		cp.buf = bufs.p.Get().(*[]byte)
+		if ordered {
+			cp.done = make(chan struct{})
+			select {
+			case pending <- cp:
+			case <-ctx.Done():
+				bufs.p.Put(cp.buf)
+				return false
+			}
+		}
+		select {
+		case work <- cp:
+		case <-ctx.Done():
+			if ordered {
+				cp.err = context.Cause(ctx)
+				close(cp.done)
+			} else {
+				bufs.p.Put(cp.buf)
+			}
+			return false
+		}
+		return true
+	})
+	close(work)
+	wg.Wait()
+	close(pending)
+	<-emitted
+	if layoutErr != nil {
+		return read.Load(), layoutErr
+	}
+	if err := context.Cause(ctx); err != nil {
+		return read.Load(), err
+	}
+	return read.Load(), nil
+}
+
+// Write writes the layout to dst, a seekable output that reads as zeros
+// where nothing is written (a new, empty file). Data chunks are read by
+// several goroutines and written with WriteAt as they complete; chunks that
+// are all zero are not written, so the output stays sparse. The caller sets
+// the file's size to l.FileSize().
+func Write(ctx context.Context, dst io.WriterAt, l formats.Layout, src io.ReaderAt, opts Options) (Stats, error) {
+	var skipped, written atomic.Int64
+	n, err := run(ctx, l, src, opts, false, func(c *chunk) error {
+		switch {
+		case c.meta != nil:
+			if _, err := dst.WriteAt(c.meta, c.off); err != nil {
+				return err
+			}
+			written.Add(c.n)
+		case c.src < 0:
+			// Zeros: the output already reads as zero.
+		default:
+			w, z, err := writeNonZero(dst, (*c.buf)[:c.n], c.off)
+			written.Add(w)
+			skipped.Add(z)
+			if err != nil {
+				return err
+			}
+			if opts.Progress != nil {
+				opts.Progress(c.n)
+			}
+		}
+		return nil
+	})
+	return Stats{DataRead: n, ZeroSkipped: skipped.Load(), BytesWritten: written.Load(), FileSize: l.FileSize()}, err
+}
+
+// zeroGranule is the unit of zero detection: runs of zeros this large and
+// aligned are not written to a seekable output.
+const zeroGranule = 64 << 10
+
+// writeNonZero writes b at off, leaving out aligned 64 KiB windows that are
+// all zero; adjacent non-zero windows go out in one WriteAt. It returns the
+// bytes written and skipped.
+func writeNonZero(dst io.WriterAt, b []byte, off int64) (written, skipped int64, err error) {
+	start := -1 // start of the pending non-zero run
+	flush := func(end int) error {
+		if start < 0 {
+			return nil
+		}
+		_, err := dst.WriteAt(b[start:end], off+int64(start))
+		written += int64(end - start)
+		start = -1
+		return err
+	}
+	for i := 0; i < len(b); {
+		// Windows end on multiples of zeroGranule in the output.
+		end := min(len(b), i+zeroGranule-int((off+int64(i))%zeroGranule))
+		if formats.IsZero(b[i:end]) {
+			if err := flush(i); err != nil {
+				return written, skipped, err
+			}
+			skipped += int64(end - i)
+		} else if start < 0 {
+			start = i
+		}
+		i = end
+	}
+	return written, skipped, flush(len(b))
+}
+
+// Stream writes the layout to w as one sequential stream of exactly
+// FileSize bytes (zeros included), with reads running ahead of the writer.
+func Stream(ctx context.Context, w io.Writer, l formats.Layout, src io.ReaderAt, opts Options) (Stats, error) {
+	var pos, written int64
+	zeros := make([]byte, 64<<10)
+	writeZeros := func(n int64) error {
+		for n > 0 {
+			k := min(n, int64(len(zeros)))
+			m, err := w.Write(zeros[:k])
+			written += int64(m)
+			if err != nil {
+				return err
+			}
+			n -= k
+		}
+		return nil
+	}
+	n, err := run(ctx, l, src, opts, true, func(c *chunk) error {
+		if err := writeZeros(c.off - pos); err != nil {
+			return err
+		}
+		pos = c.off + c.n
+		switch {
+		case c.meta != nil:
+			m, err := w.Write(c.meta)
+			written += int64(m)
+			return err
+		case c.src < 0:
+			return writeZeros(c.n)
+		default:
+			m, err := w.Write((*c.buf)[:c.n])
+			written += int64(m)
+			if opts.Progress != nil {
+				opts.Progress(c.n)
+			}
+			return err
+		}
+	})
+	if err == nil {
+		err = writeZeros(l.FileSize() - pos)
+	}
+	return Stats{DataRead: n, BytesWritten: written, FileSize: l.FileSize()}, err
+}
