@@ -167,7 +167,7 @@ func TestErrors(t *testing.T) {
 		for _, mode := range []string{"write", "stream"} {
 			var err error
 			if mode == "write" {
-				_, err = Write(context.Background(), newFailWriter(1 << 30), l, src, Options{ChunkSize: 1 << 20})
+				_, err = Write(context.Background(), newFailWriter(1<<30), l, src, Options{ChunkSize: 1 << 20})
 			} else {
 				_, err = Stream(context.Background(), io.Discard, l, src, Options{ChunkSize: 1 << 20})
 			}
@@ -212,7 +212,7 @@ func TestErrors(t *testing.T) {
 		if src.reads.Load() > 20 {
 			t.Errorf("%d reads after cancellation at the second write", src.reads.Load())
 		}
-		if _, err := Write(ctx, newFailWriter(1 << 30), l, src, Options{}); !errors.Is(err, context.Canceled) {
+		if _, err := Write(ctx, newFailWriter(1<<30), l, src, Options{}); !errors.Is(err, context.Canceled) {
 			t.Errorf("Write: %v", err)
 		}
 	})
