@@ -88,6 +88,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		CustomAppHelpTemplate:     cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
 		ExitErrHandler:            func(*cli.Context, error) {}, // main decides the exit code
 		Commands: []*cli.Command{
+			convertCommand(),
 			demoCommand(),
 			mkimageCommand(),
 		},
