@@ -90,6 +90,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			convertCommand(),
 			demoCommand(),
+			disksCommand(),
 			mkimageCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
