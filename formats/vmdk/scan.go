@@ -13,9 +13,9 @@ import (
 // DiskInfo describes one virtual disk found by Scan: a chain seen from its
 // leaf.
 type DiskInfo struct {
-	Path        string   `json:"path"` // leaf descriptor
-	VirtualSize int64    `json:"virtual_size"`
-	Allocated   int64    `json:"allocated"` // bytes of the flattened disk that map to stored data
+	Path        string `json:"path"` // leaf descriptor
+	VirtualSize int64  `json:"virtual_size"`
+	Allocated   int64  `json:"allocated"` // bytes of the flattened disk that map to stored data
 	// Provisioning is the base's "thin" (it has unallocated blocks), "lazy"
 	// (to-be-zeroed blocks), "eager" (fully allocated) or "flat"/"sparse"
 	// for hosted disks; for a chain, the top delta's format: "cowd",
