@@ -1,0 +1,339 @@
+package vhdx
+
+// Test support shared in spirit with formats/qcow2 (each package keeps its
+// own copy: format packages do not import each other): a synthetic source
+// image that costs no RAM, allocation patterns, and helpers that write a
+// layout to a sparse file, to a stream, and to a raw reference file.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"testing"
+
+	"github.com/vmfs2vhd/vmfs2vhd/formats"
+)
+
+const (
+	sKiB = int64(1) << 10
+	sMiB = int64(1) << 20
+	sGiB = int64(1) << 30
+)
+
+// synth is a formats.Image whose Data bytes are a function of their offset
+// (so any range can be produced without storing it) and whose Zero and Hole
+// ranges read as zeros.
+type synth struct {
+	size int64
+	ext  []formats.Extent // merged, covering [0, size)
+	seed uint64
+}
+
+func newSynth(size int64, ext []formats.Extent, seed uint64) *synth {
+	var full []formats.Extent
+	var pos int64
+	add := func(e formats.Extent) {
+		if n := len(full); n > 0 && full[n-1].Kind == e.Kind && full[n-1].End() == e.Off {
+			full[n-1].Len += e.Len
+			return
+		}
+		full = append(full, e)
+	}
+	for _, e := range ext {
+		if e.Off > pos {
+			add(formats.Extent{Off: pos, Len: e.Off - pos, Kind: formats.Hole})
+		}
+		add(e)
+		pos = e.End()
+	}
+	if pos < size {
+		add(formats.Extent{Off: pos, Len: size - pos, Kind: formats.Hole})
+	}
+	return &synth{size: size, ext: full, seed: seed}
+}
+
+func (s *synth) Size() int64 { return s.size }
+
+func (s *synth) find(off int64) int {
+	return sort.Search(len(s.ext), func(i int) bool { return s.ext[i].End() > off })
+}
+
+func (s *synth) Extent(off int64) (formats.Extent, error) {
+	if off < 0 || off >= s.size {
+		return formats.Extent{}, formats.ErrOutOfRange
+	}
+	e := s.ext[s.find(off)]
+	return formats.Extent{Off: off, Len: e.End() - off, Kind: e.Kind}, nil
+}
+
+// word returns the 8 data bytes at offset 8*i (splitmix64).
+func (s *synth) word(i int64) uint64 {
+	z := uint64(i)*0x9e3779b97f4a7c15 + s.seed
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31 | 1 // never a zero word
+}
+
+func (s *synth) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, formats.ErrOutOfRange
+	}
+	if off >= s.size {
+		return 0, io.EOF
+	}
+	var eof error
+	if int64(len(p)) > s.size-off {
+		p, eof = p[:s.size-off], io.EOF
+	}
+	total := len(p)
+	for i := s.find(off); len(p) > 0; i++ {
+		e := s.ext[i]
+		n := min(int64(len(p)), e.End()-off)
+		q := p[:n]
+		if e.Kind != formats.Data {
+			clear(q)
+		} else {
+			s.fill(q, off)
+		}
+		p, off = p[n:], off+n
+	}
+	return total, eof
+}
+
+func (s *synth) fill(q []byte, off int64) {
+	var w [8]byte
+	for len(q) > 0 {
+		if off%8 == 0 && len(q) >= 8 {
+			binary.LittleEndian.PutUint64(q, s.word(off/8))
+			q, off = q[8:], off+8
+			continue
+		}
+		binary.LittleEndian.PutUint64(w[:], s.word(off/8))
+		k := copy(q, w[off%8:])
+		q, off = q[k:], off+int64(k)
+	}
+}
+
+// dataBytes returns the number of Data bytes.
+func (s *synth) dataBytes() int64 {
+	var n int64
+	for _, e := range s.ext {
+		if e.Kind == formats.Data {
+			n += e.Len
+		}
+	}
+	return n
+}
+
+// pattern builds an extent list for a disk of size bytes holding at most
+// budget bytes of data.
+type pattern struct {
+	name string
+	make func(size, budget int64, rng *rand.Rand) []formats.Extent
+}
+
+var patterns = []pattern{
+	{"empty", func(size, budget int64, _ *rand.Rand) []formats.Extent { return nil }},
+	{"full", func(size, budget int64, _ *rand.Rand) []formats.Extent {
+		return []formats.Extent{{Off: 0, Len: budget, Kind: formats.Data}}
+	}},
+	// Ten data runs of budget/10 (rounded to sectors, plus an odd sector)
+	// spread evenly, the gaps alternately Hole and Zero; one run ends the
+	// disk.
+	{"alternating", func(size, budget int64, _ *rand.Rand) []formats.Extent {
+		run := max(512, (budget/10)/512*512-512)
+		step := size / 10 / 512 * 512
+		var out []formats.Extent
+		for i := range int64(10) {
+			off := i * step
+			if i == 9 {
+				off = size - run
+			}
+			if off+run > size || (len(out) > 0 && off < out[len(out)-1].End()) {
+				break
+			}
+			if n := len(out); n > 0 && i%2 == 0 && off > out[n-1].End() {
+				out = append(out, formats.Extent{Off: out[n-1].End(), Len: off - out[n-1].End(), Kind: formats.Zero})
+			}
+			out = append(out, formats.Extent{Off: off, Len: run, Kind: formats.Data})
+		}
+		return out
+	}},
+	// Random sector-aligned runs of every kind in a few windows.
+	{"random", func(size, budget int64, rng *rand.Rand) []formats.Extent {
+		var out []formats.Extent
+		sectors := size / 512
+		var data int64
+		windows := []int64{0, rng.Int64N(sectors), rng.Int64N(sectors), sectors - min(sectors, 4096)}
+		slices.Sort(windows)
+		pos := int64(0)
+		for _, w := range windows {
+			pos = max(pos, w)
+			for k := 0; k < 40 && pos < sectors && data < budget; k++ {
+				n := 1 + rng.Int64N(min(sectors-pos, max(1, budget/512/20)))
+				kind := []formats.Kind{formats.Data, formats.Data, formats.Zero, formats.Hole}[rng.IntN(4)]
+				if kind == formats.Data {
+					n = min(n, (budget-data+511)/512)
+					data += n * 512
+				}
+				if kind != formats.Hole {
+					out = append(out, formats.Extent{Off: pos * 512, Len: n * 512, Kind: kind})
+				}
+				pos += n
+			}
+		}
+		return out
+	}},
+}
+
+// writeFile writes l into a new sparse file with formats.WriteLayout.
+func writeFile(t testing.TB, path string, l formats.Layout, s formats.Image) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := formats.WriteLayout(f, l, s, 4<<20); err != nil {
+		t.Fatalf("WriteLayout: %v", err)
+	}
+	if err := f.Truncate(l.FileSize()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeStream writes l through a pipe with formats.StreamLayout into path.
+func writeStream(t testing.TB, path string, l formats.Layout, s formats.Image) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := formats.StreamLayout(pw, l, s, 1<<20)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	// Copy without ReadFrom tricks so the file is written sequentially.
+	n, err := io.Copy(struct{ io.Writer }{f}, pr)
+	if err != nil {
+		t.Fatalf("stream copy: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("StreamLayout: %v", err)
+	}
+	if n != l.FileSize() {
+		t.Fatalf("stream wrote %d bytes, FileSize %d", n, l.FileSize())
+	}
+}
+
+// writeRaw writes the source as a sparse raw file (Data extents only).
+func writeRaw(t testing.TB, path string, s *synth) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4<<20)
+	for _, e := range s.ext {
+		if e.Kind != formats.Data {
+			continue
+		}
+		for done := int64(0); done < e.Len; {
+			n := min(int64(len(buf)), e.Len-done)
+			s.fill(buf[:n], e.Off+done)
+			if _, err := f.WriteAt(buf[:n], e.Off+done); err != nil {
+				t.Fatal(err)
+			}
+			done += n
+		}
+	}
+	if err := f.Truncate(s.size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sameFiles compares two files byte by byte.
+func sameFiles(t testing.TB, a, b string) {
+	t.Helper()
+	fa, err := os.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	ba, bb := make([]byte, 4<<20), make([]byte, 4<<20)
+	for off := int64(0); ; {
+		na, ea := io.ReadFull(fa, ba)
+		nb, _ := io.ReadFull(fb, bb)
+		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
+			t.Fatalf("%s and %s differ in the 4 MiB at %d", filepath.Base(a), filepath.Base(b), off)
+		}
+		if ea != nil {
+			return
+		}
+		off += int64(na)
+	}
+}
+
+// sameImage checks that got reads like want: every range got calls Data
+// is compared byte for byte, and every other range must hold no Data in
+// want.
+func sameImage(t testing.TB, got formats.Image, want *synth) {
+	t.Helper()
+	if got.Size() != want.size {
+		t.Fatalf("size %d, want %d", got.Size(), want.size)
+	}
+	buf1, buf2 := make([]byte, 4<<20), make([]byte, 4<<20)
+	var gotData int64
+	err := formats.Walk(got, 0, got.Size(), func(e formats.Extent) error {
+		if e.Kind != formats.Data {
+			i := want.find(e.Off)
+			for ; i < len(want.ext) && want.ext[i].Off < e.End(); i++ {
+				if want.ext[i].Kind == formats.Data {
+					return fmt.Errorf("reader says %v for [%d, +%d) but source has data at %d", e.Kind, e.Off, e.Len, max(e.Off, want.ext[i].Off))
+				}
+			}
+			return nil
+		}
+		gotData += e.Len
+		for done := int64(0); done < e.Len; {
+			n := min(int64(len(buf1)), e.Len-done)
+			if _, err := got.ReadAt(buf1[:n], e.Off+done); err != nil && err != io.EOF {
+				return err
+			}
+			want.ReadAt(buf2[:n], e.Off+done)
+			if !bytes.Equal(buf1[:n], buf2[:n]) {
+				return fmt.Errorf("data differs in [%d, +%d)", e.Off+done, n)
+			}
+			done += n
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotData < want.dataBytes() {
+		t.Fatalf("reader reports %d data bytes, source has %d", gotData, want.dataBytes())
+	}
+}
