@@ -389,7 +389,7 @@ func (v *vol) finishSystemFiles(totalBlocks int64) {
 		n.size = f.nblocks * g.blockSize
 		switch f {
 		case v.vh:
-			continue
+			// Owns blocks 0 … FDC start−1; no header of its own.
 		case v.fbb:
 			if g.vmfs == 6 {
 				lfb := &resFile{geom: resGeom{16, 8, 0x2000}, groups: (totalBlocks/512 + 127) / 128}
