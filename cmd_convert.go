@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/vmfs2vhd/vmfs2vhd/convert"
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
+	"github.com/vmfs2vhd/vmfs2vhd/vmfs"
 )
 
 func convertCommand() *cli.Command {
@@ -30,18 +32,28 @@ func convertCommand() *cli.Command {
 		&cli.BoolFlag{Name: "force", Usage: "overwrite an existing output"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bar and no summary"},
 		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "reads in flight (default: 4, fewer on small machines)"},
+		extentFlag(),
+		&cli.BoolFlag{Name: "all", Usage: "convert every disk of VOLUME (the leaf of each chain) into --out-dir"},
+		&cli.StringFlag{Name: "out-dir", Usage: "with --all: where the outputs go (named VMFOLDER_DISK.EXT)"},
+		&cli.BoolFlag{Name: "json", Usage: "print the result (with --all: the report) as JSON on stdout"},
+		&cli.BoolFlag{Name: "rescue", Usage: "go on past read errors: retry down to single sectors, fill what cannot be read with zeros, report it (exit 5)"},
+		&cli.StringFlag{Name: "bad-ranges", Usage: "with --rescue: write the unreadable ranges (virtual-disk offset and length, bytes) to this file"},
 	}
 	flags = append(flags, chainFlags()...)
 	return &cli.Command{
 		Name:      "convert",
 		Usage:     "convert a virtual disk to raw, VHD, VHDX or qcow2 in one pass",
-		ArgsUsage: "DISK.vmdk OUTPUT",
-		Description: `Reads the disk (a VMDK descriptor and its extents, flattening a snapshot chain) and writes
-OUTPUT in one pass: data is read once, holes and zero runs are never read or written. OUTPUT is
-written under a temporary name and renamed when complete; on an error or an interrupt it is
-removed. OUTPUT - streams to stdout (give -f).
+		ArgsUsage: "VOLUME DISK OUTPUT | DISK.vmdk OUTPUT | --all --out-dir DIR VOLUME",
+		Description: `Reads the disk — DISK is a descriptor path inside the datastore VOLUME (a device or image
+file; give the other files of a spanned volume with -e), or a VMDK on the local filesystem —
+flattening its snapshot chain, and writes OUTPUT in one pass: data is read once, straight from
+the VMFS blocks; holes and zero runs are never read or written. OUTPUT is written under a
+temporary name and renamed when complete; on an error or an interrupt it is removed. OUTPUT -
+streams to stdout (give -f). The source is only ever opened read-only.
 
 EXAMPLES:
+   vmfs2vhd convert datastore1.img vm1/vm1.vmdk vm1.vhdx
+   vmfs2vhd convert --all --out-dir /srv/images -f qcow2 datastore1.img
    vmfs2vhd convert vm1/vm1.vmdk vm1.vhdx
    vmfs2vhd convert -f vhd --subformat fixed --verify vm1/vm1-000002.vmdk vm1.vhd
    vmfs2vhd convert -f qcow2 vm1/vm1.vmdk - | ssh host 'cat > vm1.qcow2'`,
@@ -54,10 +66,22 @@ func runConvert(c *cli.Context) error {
 	if err := rejectLateFlags(c); err != nil {
 		return err
 	}
-	if c.NArg() != 2 {
-		return usageErrorf("convert: want DISK.vmdk OUTPUT, got %d arguments", c.NArg())
+	if c.Bool("all") {
+		return runConvertAll(c)
 	}
-	output := c.Args().Get(1)
+	if c.String("out-dir") != "" {
+		return usageErrorf("convert: --out-dir goes with --all")
+	}
+	var srcName, output string
+	var volume *vmfs.Volume
+	switch c.NArg() {
+	case 2:
+		srcName, output = c.Args().Get(0), c.Args().Get(1)
+	case 3:
+		srcName, output = c.Args().Get(1), c.Args().Get(2)
+	default:
+		return usageErrorf("convert: want VOLUME DISK OUTPUT or DISK.vmdk OUTPUT, got %d arguments", c.NArg())
+	}
 	f, err := formatFor(c.String("format"), output)
 	if err != nil {
 		return err
@@ -66,19 +90,49 @@ func runConvert(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	src, err := openLocalDisk(c, c.Args().Get(0))
+	var src *source
+	if c.NArg() == 3 {
+		if volume, err = openVolume(c, c.Args().First()); err != nil {
+			return err
+		}
+		defer volume.Close()
+		warnIfLive(c, volume)
+		src, err = openDisk(c, volumeFS(volume), strings.Trim(srcName, "/"), srcName)
+	} else {
+		if len(c.StringSlice("extent")) > 0 {
+			return usageErrorf("convert: -e/--extent goes with VOLUME DISK OUTPUT")
+		}
+		src, err = openLocalDisk(c, srcName)
+	}
 	if err != nil {
 		return err
 	}
 	defer src.close()
+	if c.Bool("json") && output == "-" {
+		return usageErrorf("convert: --json prints on stdout, which OUTPUT - already uses")
+	}
+	if c.String("bad-ranges") != "" && !c.Bool("rescue") {
+		return usageErrorf("convert: --bad-ranges goes with --rescue")
+	}
 	res, err := convertOne(c.Context, c, src, output, f, fo)
-	if err != nil {
+	if err != nil && !isBadRangeExit(err) {
 		return err
 	}
-	if !c.Bool("quiet") {
+	if c.Bool("json") {
+		if jerr := printJSON(c, res); jerr != nil {
+			return jerr
+		}
+	} else if !c.Bool("quiet") {
 		fmt.Fprintln(c.App.ErrWriter, res.summary())
 	}
-	return nil
+	return err
+}
+
+// isBadRangeExit is the rescue outcome: the output is complete, with
+// zero-filled unreadable ranges.
+func isBadRangeExit(err error) bool {
+	var ee *exitError
+	return errors.As(err, &ee) && ee.code == exitBadRange
 }
 
 func formatOptionsFrom(c *cli.Context) (formatOptions, error) {
@@ -108,6 +162,9 @@ type result struct {
 	Seconds     float64  `json:"seconds"`
 	Verified    bool     `json:"verified"`
 	Notes       []string `json:"notes,omitempty"`
+	// BadRanges lists, in rescue mode, the unreadable source ranges left
+	// as zeros in the output.
+	BadRanges []convert.BadRange `json:"bad_ranges,omitempty"`
 }
 
 func (r result) summary() string {
@@ -127,8 +184,15 @@ func (r result) summary() string {
 func convertOne(ctx context.Context, c *cli.Context, src *source, output string, f *outputFormat, fo formatOptions) (result, error) {
 	start := time.Now()
 	res := result{Source: src.name, Output: output, Format: f.name, VirtualSize: src.img.Size()}
-	exts, err := formats.Extents(src.img)
-	if err != nil {
+	rescue := c.Bool("rescue")
+	var bad convert.BadRanges
+	var exts []formats.Extent
+	var err error
+	if rescue {
+		exts = convert.RescueExtents(src.img, func(off, n int64, err error) {
+			fmt.Fprintf(c.App.ErrWriter, "warning: %s: allocation map unreadable for [%d, +%d): %v; reading that range anyway\n", src.name, off, n, err)
+		})
+	} else if exts, err = formats.Extents(src.img); err != nil {
 		return res, fmt.Errorf("%s: reading the allocation map: %w", src.name, err)
 	}
 	layout, notes, err := f.plan(src.img.Size(), exts, fo)
@@ -145,7 +209,7 @@ func convertOne(ctx context.Context, c *cli.Context, src *source, output string,
 			total += p.Len
 		}
 	}
-	opts := convert.Options{Jobs: c.Int("jobs")}
+	opts := convert.Options{Jobs: c.Int("jobs"), Rescue: rescue, BadRange: bad.Add}
 	bar := newProgress(c, total, src.name)
 	if bar != nil {
 		opts.Progress = func(n int64) { bar.Add64(n) }
@@ -178,7 +242,9 @@ func convertOne(ctx context.Context, c *cli.Context, src *source, output string,
 		if err != nil {
 			return res, err
 		}
-		if c.Bool("verify") {
+		if c.Bool("verify") && bad.Total() > 0 {
+			fmt.Fprintf(c.App.ErrWriter, "note: %s: --verify skipped: the source has unreadable ranges\n", src.name)
+		} else if c.Bool("verify") {
 			if err := out.Truncate(layout.FileSize()); err != nil {
 				return res, err
 			}
@@ -202,7 +268,37 @@ func convertOne(ctx context.Context, c *cli.Context, src *source, output string,
 	res.DataBytes = st.DataRead
 	res.OutputSize = layout.FileSize()
 	res.Seconds = time.Since(start).Seconds()
+	if list := bad.List(); len(list) > 0 {
+		res.BadRanges = list
+		if err := reportBadRanges(c, src.name, list); err != nil {
+			return res, err
+		}
+		return res, &exitError{code: exitBadRange, err: fmt.Errorf("%s: output complete, but %d unreadable ranges (%s) are zeros in it", src.name, len(list), formatSize(bad.Total()))}
+	}
 	return res, nil
+}
+
+// reportBadRanges prints a summary on stderr and writes --bad-ranges.
+func reportBadRanges(c *cli.Context, name string, list []convert.BadRange) error {
+	w := c.App.ErrWriter
+	fmt.Fprintf(w, "%s: %d unreadable ranges, left as zeros (virtual-disk offset, length):\n", name, len(list))
+	for i, r := range list {
+		if i == 20 {
+			fmt.Fprintf(w, "  … %d more\n", len(list)-i)
+			break
+		}
+		fmt.Fprintf(w, "  %d +%d: %s\n", r.Off, r.Len, r.Error)
+	}
+	p := c.String("bad-ranges")
+	if p == "" {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# unreadable ranges of %s, left as zeros: offset length (bytes of the virtual disk)\n", name)
+	for _, r := range list {
+		fmt.Fprintf(&b, "%d %d\n", r.Off, r.Len)
+	}
+	return os.WriteFile(p, []byte(b.String()), 0o644)
 }
 
 // newProgress returns a bar on stderr when stderr is a terminal and -q is

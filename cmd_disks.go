@@ -12,21 +12,24 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats/vmdk"
+	"github.com/vmfs2vhd/vmfs2vhd/vmfs"
 )
 
 func disksCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "disks",
 		Usage:     "list the virtual disks of a datastore or directory: chains, sizes, allocation, problems",
-		ArgsUsage: "DIR",
+		ArgsUsage: "VOLUME|DIR",
 		Description: `Lists every virtual disk once, from the leaf of its snapshot chain: virtual size, allocated
 bytes of the flattened disk, provisioning (thin, lazy, eager, or the delta format of a chain),
 the chain from leaf to base, and problems (missing parent, CID mismatch, orphaned delta).
 
-EXAMPLE:
+EXAMPLES:
+   vmfs2vhd disks datastore1.img
    vmfs2vhd disks --json /mnt/backup/vm1`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print a JSON array"},
+			extentFlag(),
 		},
 		Action: runDisks,
 	}
@@ -37,7 +40,7 @@ func runDisks(c *cli.Context) error {
 		return err
 	}
 	if c.NArg() != 1 {
-		return usageErrorf("disks: want one DIR argument")
+		return usageErrorf("disks: want one VOLUME or DIR argument")
 	}
 	dir := c.Args().First()
 	st, err := os.Stat(dir)
@@ -45,7 +48,11 @@ func runDisks(c *cli.Context) error {
 		return err
 	}
 	if !st.IsDir() {
-		return usageErrorf("disks: %s is not a directory", dir)
+		disks, err := volumeDisks(c, dir)
+		if err != nil {
+			return err
+		}
+		return printDisks(c, disks)
 	}
 	names, err := localVMDKs(dir)
 	if err != nil {
@@ -99,4 +106,22 @@ func printDisks(c *cli.Context, disks []vmdk.DiskInfo) error {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Path, formatSize(d.VirtualSize), formatSize(d.Allocated), d.Provisioning, chain, strings.Join(d.Problems, "; "))
 	}
 	return w.Flush()
+}
+
+// volumeDisks lists the disks of the VMFS volume at path.
+func volumeDisks(c *cli.Context, volume string) ([]vmdk.DiskInfo, error) {
+	v, err := openVolume(c, volume)
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	names, err := volumeVMDKs(v)
+	if err != nil {
+		return nil, err
+	}
+	return scanVolume(v, names)
+}
+
+func scanVolume(v *vmfs.Volume, names []string) ([]vmdk.DiskInfo, error) {
+	return vmdk.Scan(volumeFS(v), names)
 }

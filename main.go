@@ -88,10 +88,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		CustomAppHelpTemplate:     cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
 		ExitErrHandler:            func(*cli.Context, error) {}, // main decides the exit code
 		Commands: []*cli.Command{
+			infoCommand(),
+			lsCommand(),
+			catCommand(),
+			disksCommand(),
 			convertCommand(),
 			demoCommand(),
-			disksCommand(),
 			mkimageCommand(),
+			completionCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return &exitError{code: exitUsage, err: err}
@@ -101,8 +105,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 }
 
 // run executes the app and returns the process exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
 	app := newApp(stdout, stderr)
+	if completing(args) {
+		// urfave/cli/v2 can panic while completing a partial flag
+		// (urfave/cli#1822): a completion must never print a stack trace.
+		defer func() {
+			if recover() != nil {
+				code = exitOK
+			}
+		}()
+	}
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return exitOK

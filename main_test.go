@@ -107,3 +107,37 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// Every command's help shows an example; completion never panics, even on
+// the partial flags that make urfave/cli/v2 panic.
+func TestHelpAndCompletion(t *testing.T) {
+	app := newApp(nil, nil)
+	for _, c := range app.Commands {
+		if c.Name == "help" {
+			continue
+		}
+		code, out, stderr := runCLI(t, c.Name, "--help")
+		if code != 0 || !strings.Contains(out, "EXAMPLE") {
+			t.Errorf("%s --help: exit %d, no example line:\n%s%s", c.Name, code, out, stderr)
+		}
+	}
+	for _, args := range [][]string{
+		{"--generate-bash-completion"},
+		{"convert", "--generate-bash-completion"},
+		{"convert", "--fo", "--generate-bash-completion"},
+		{"convert", "-", "--generate-bash-completion"},
+		{"mkimage", "--disk", "--generate-bash-completion"},
+	} {
+		if code, _, stderr := runCLI(t, args...); code != 0 || strings.Contains(stderr, "panic") {
+			t.Errorf("%v: exit %d: %s", args, code, stderr)
+		}
+	}
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		if code, out, _ := runCLI(t, "completion", sh); code != 0 || !strings.Contains(out, "vmfs2vhd") {
+			t.Errorf("completion %s: exit %d", sh, code)
+		}
+	}
+	if code, _, _ := runCLI(t, "completion", "tcsh"); code != exitUsage {
+		t.Errorf("completion tcsh: exit %d, want %d", code, exitUsage)
+	}
+}

@@ -6,9 +6,13 @@ import (
 	"sort"
 	"strings"
 
+	"crypto/rand"
+
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
+	"github.com/vmfs2vhd/vmfs2vhd/formats/qcow2"
 	"github.com/vmfs2vhd/vmfs2vhd/formats/raw"
 	"github.com/vmfs2vhd/vmfs2vhd/formats/vhd"
+	"github.com/vmfs2vhd/vmfs2vhd/formats/vhdx"
 )
 
 // formatOptions are the writer options the CLI exposes.
@@ -66,6 +70,33 @@ func init() {
 			return l, l.Notes, nil
 		},
 		open: func(r io.ReaderAt, size int64) (formats.Image, error) { return vhd.Open(r, size) },
+	})
+}
+
+func init() {
+	registerFormat(&outputFormat{
+		name: "vhdx", exts: []string{".vhdx"},
+		plan: func(size int64, ext []formats.Extent, o formatOptions) (formats.Layout, []string, error) {
+			opts := vhdx.Options{BlockSize: o.blockSize, LogicalSectorSize: int(o.sectorSize)}
+			rand.Read(opts.Identity[:]) // a fresh disk id for every output
+			if o.subformat != "" && o.subformat != "dynamic" {
+				return nil, nil, usageErrorf("--subformat %q: VHDX output is dynamic", o.subformat)
+			}
+			l, err := vhdx.Plan(size, ext, opts)
+			return l, nil, err
+		},
+		open: func(r io.ReaderAt, size int64) (formats.Image, error) { return vhdx.Open(r, size) },
+	})
+	registerFormat(&outputFormat{
+		name: "qcow2", exts: []string{".qcow2", ".qcow"},
+		plan: func(size int64, ext []formats.Extent, o formatOptions) (formats.Layout, []string, error) {
+			if o.subformat != "" {
+				return nil, nil, usageErrorf("--subformat: qcow2 has none (see --compat, --cluster-size)")
+			}
+			l, err := qcow2.Plan(size, ext, qcow2.Options{ClusterSize: o.clusterSize, Compat: o.compat})
+			return l, nil, err
+		},
+		open: func(r io.ReaderAt, size int64) (formats.Image, error) { return qcow2.Open(r, size) },
 	})
 }
 

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 
@@ -36,4 +40,18 @@ func formatSize(n int64) string {
 		return fmt.Sprintf("%d B", n)
 	}
 	return unitconv.FormatPrefix(float64(n), unitconv.IEC, 2) + "B"
+}
+
+// sha256Path hashes a file ("" when it cannot be read).
+func sha256Path(p string) string {
+	f, err := os.Open(p)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return ""
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -26,6 +26,15 @@ type Options struct {
 	// ChunkSize is the largest read, a power of two ≥ 64 KiB; 0 means 4 MiB.
 	// Data pieces are cut at multiples of it so reads stay aligned.
 	ChunkSize int
+	// Rescue keeps going past read errors: a failed read is retried in
+	// halves down to single 512-byte sectors, what cannot be read is left as
+	// zeros and reported to BadRange. Without it the first read error stops
+	// the conversion.
+	Rescue bool
+	// BadRange, in rescue mode, receives every unreadable source range
+	// (virtual-disk offset and length, sector-aligned) with the error. It is
+	// called from several goroutines.
+	BadRange func(off, n int64, err error)
 	// Progress, if set, receives the number of source data bytes done since
 	// the last call. It is called from several goroutines; it must be cheap
 	// and safe for concurrent use (an atomic add, progressbar's Add64).
@@ -118,6 +127,38 @@ func readChunk(src io.ReaderAt, c *chunk) error {
 	return &ReadError{Off: c.src + int64(n), Len: c.n - int64(n), Err: err}
 }
 
+// rescueRead reads p at off, splitting a failed read in halves (on sector
+// boundaries) down to single sectors; sectors that still fail are zeroed
+// and reported.
+func rescueRead(src io.ReaderAt, p []byte, off int64, bad func(off, n int64, err error)) {
+	n, err := src.ReadAt(p, off)
+	if n == len(p) {
+		return
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if len(p) <= sectorSize {
+		clear(p)
+		if bad != nil {
+			bad(off, int64(len(p)), err)
+		}
+		return
+	}
+	// Split at a sector boundary near the middle.
+	half := (len(p) / 2) &^ (sectorSize - 1)
+	if a := int((off + int64(half)) % sectorSize); a != 0 {
+		half -= a
+	}
+	if half <= 0 {
+		half = min(len(p), sectorSize-int(off%sectorSize))
+	}
+	rescueRead(src, p[:half], off, bad)
+	rescueRead(src, p[half:], off+int64(half), bad)
+}
+
+const sectorSize = 512
+
 // ReadError is a failed read of the source at a virtual-disk offset.
 type ReadError struct {
 	Off, Len int64
@@ -153,7 +194,11 @@ func run(parent context.Context, l formats.Layout, src io.ReaderAt, opts Options
 			defer wg.Done()
 			for c := range work {
 				if ctx.Err() == nil {
-					c.err = readChunk(src, c)
+					if opts.Rescue {
+						rescueRead(src, (*c.buf)[:c.n], c.src, opts.BadRange)
+					} else {
+						c.err = readChunk(src, c)
+					}
 					if c.err == nil {
 						read.Add(c.n)
 					}

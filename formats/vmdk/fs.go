@@ -25,6 +25,16 @@ type FS interface {
 	Open(name string) (File, error)
 }
 
+// FSFunc adapts a function to FS, for example the files of a VMFS volume:
+//
+//	fsys := vmdk.FSFunc(func(name string) (vmdk.File, error) { return vol.Open(name) })
+//
+// (the function must return a nil interface, not a typed nil, on error).
+type FSFunc func(name string) (File, error)
+
+// Open calls f.
+func (f FSFunc) Open(name string) (File, error) { return f(name) }
+
 // DirFS returns an FS for the local directory dir. Files are opened
 // read-only; on Linux their Extent answers come from SEEK_DATA/SEEK_HOLE,
 // elsewhere a file is all Data.

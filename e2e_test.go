@@ -1,0 +1,312 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmfs2vhd/vmfs2vhd/formats/vmdk"
+	"github.com/vmfs2vhd/vmfs2vhd/internal/oracle"
+	"github.com/vmfs2vhd/vmfs2vhd/testimages"
+)
+
+// End-to-end tests of the CLI on generated datastores: the manifest is the
+// ground truth; qemu-img (reading our outputs, and the source disks through
+// vmfs-fuse/vmfs6-fuse) is the independent judge.
+
+type datastore struct {
+	m      *testimages.Manifest
+	dir    string
+	volume string   // first image
+	args   []string // volume plus -e for the others
+}
+
+func buildDatastore(t *testing.T, spec testimages.Spec) datastore {
+	t.Helper()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "ds.img")
+	m, err := testimages.Build(spec, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imgs []string
+	for _, p := range m.Images {
+		imgs = append(imgs, filepath.Join(dir, p))
+	}
+	slices.Reverse(imgs) // any order
+	ds := datastore{m: m, dir: dir, volume: imgs[0]}
+	for _, p := range imgs[1:] {
+		ds.args = append(ds.args, "-e", p)
+	}
+	return ds
+}
+
+func (ds datastore) cmd(sub string, flags ...string) []string {
+	return append(append([]string{sub}, ds.args...), flags...)
+}
+
+func sha256File(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func datastoreCases() []struct {
+	name string
+	spec testimages.Spec
+} {
+	return []struct {
+		name string
+		spec testimages.Spec
+	}{
+		{"vmfs5", testimages.Sample(5)},
+		{"vmfs6", testimages.Sample(6)},
+		{"vmfs5-spanned", testimages.SpannedSpec(5)},
+		{"vmfs6-pointer", testimages.PointerSpec(6)},
+	}
+}
+
+// disks --json agrees with the manifest on every leaf's size, allocation,
+// provisioning and chain.
+func TestDisksMatchesManifest(t *testing.T) {
+	for _, tc := range datastoreCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ds := buildDatastore(t, tc.spec)
+			code, out, stderr := runCLI(t, append(ds.cmd("disks", "--json"), ds.volume)...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var got []vmdk.DiskInfo
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatal(err)
+			}
+			byPath := map[string]vmdk.DiskInfo{}
+			for _, d := range got {
+				byPath[d.Path] = d
+			}
+			leaves := 0
+			for _, want := range ds.m.Disks {
+				if !want.Leaf {
+					if _, listed := byPath[want.Path]; listed {
+						t.Errorf("%s has children but is listed on its own", want.Path)
+					}
+					continue
+				}
+				leaves++
+				d, ok := byPath[want.Path]
+				if !ok {
+					t.Errorf("%s: not listed", want.Path)
+					continue
+				}
+				if d.VirtualSize != want.VirtualSize || d.Allocated != want.Allocated || d.Provisioning != want.Provisioning ||
+					!slices.Equal(d.Chain, want.Chain) || len(d.Problems) != 0 {
+					t.Errorf("%s: got %+v\nwant size %d allocated %d provisioning %s chain %v", want.Path, d, want.VirtualSize, want.Allocated, want.Provisioning, want.Chain)
+				}
+			}
+			if len(got) != leaves {
+				t.Errorf("listed %d disks, manifest has %d leaves", len(got), leaves)
+			}
+		})
+	}
+}
+
+// info --map of every flat extent agrees with the manifest's allocation.
+func TestInfoMapMatchesManifest(t *testing.T) {
+	for _, tc := range datastoreCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ds := buildDatastore(t, tc.spec)
+			for _, f := range ds.m.Files {
+				if f.Type != "file" || f.System {
+					continue
+				}
+				code, out, stderr := runCLI(t, append(ds.cmd("info", "--json", "--map"), ds.volume, f.Path)...)
+				if code != 0 {
+					t.Fatalf("%s: exit %d: %s", f.Path, code, stderr)
+				}
+				var got fileInfoJSON
+				if err := json.Unmarshal([]byte(out), &got); err != nil {
+					t.Fatal(err)
+				}
+				if got.Size != f.Size || got.Allocated != f.Allocated {
+					t.Errorf("%s: size %d allocated %d, manifest %d %d", f.Path, got.Size, got.Allocated, f.Size, f.Allocated)
+				}
+				var gotData, wantData int64
+				for _, r := range got.Map {
+					if r.Kind == "data" {
+						gotData += r.Len
+					}
+				}
+				for _, r := range f.Map {
+					if r.Kind == "data" {
+						wantData += r.Len
+					}
+				}
+				if gotData != wantData {
+					t.Errorf("%s: map has %d data bytes, manifest %d", f.Path, gotData, wantData)
+				}
+			}
+		})
+	}
+}
+
+// Every disk of every datastore converts to every format; the raw output
+// hashes to the manifest, every output passes qemu-img check where it has
+// one, and qemu-img compare finds it identical to the raw output. The
+// stream mode produces the same bytes.
+func TestConvertEveryDisk(t *testing.T) {
+	qemu := oracle.Find(t, "qemu-img")
+	_ = qemu
+	for _, tc := range datastoreCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ds := buildDatastore(t, tc.spec)
+			out := t.TempDir()
+			for _, d := range ds.m.Disks {
+				rawOut := filepath.Join(out, batchName(d.Path, ".raw"))
+				code, _, stderr := runCLI(t, append(ds.cmd("convert", "-q", "--verify"), ds.volume, d.Path, rawOut)...)
+				if code != 0 {
+					t.Fatalf("%s → raw: exit %d: %s", d.Path, code, stderr)
+				}
+				if got := sha256File(t, rawOut); got != d.SHA256 {
+					t.Errorf("%s: raw output sha256 %s, manifest %s", d.Path, got, d.SHA256)
+				}
+				for _, f := range slices.Sorted(mapsKeysOf(outputFormats)) {
+					if f == "raw" {
+						continue
+					}
+					o := filepath.Join(out, batchName(d.Path, outputFormats[f].ext()))
+					code, _, stderr := runCLI(t, append(ds.cmd("convert", "-q", "--verify", "-f", f), ds.volume, d.Path, o)...)
+					if code != 0 {
+						t.Fatalf("%s → %s: exit %d: %s", d.Path, f, code, stderr)
+					}
+					qfmt := map[string]string{"vhd": "vpc"}[f]
+					if qfmt == "" {
+						qfmt = f
+					}
+					if f != "vhd" {
+						oracle.Run(t, "qemu-img", "check", "-f", qfmt, o)
+					}
+					oracle.Run(t, "qemu-img", "compare", "-f", qfmt, "-F", "raw", o, rawOut)
+					os.Remove(o)
+				}
+				os.Remove(rawOut)
+			}
+		})
+	}
+}
+
+// The source's bytes never change, whatever the commands do.
+func TestSourceUntouched(t *testing.T) {
+	ds := buildDatastore(t, testimages.Sample(6))
+	before := sha256File(t, ds.volume)
+	st, _ := os.Stat(ds.volume)
+	out := t.TempDir()
+	runCLI(t, append(ds.cmd("info"), ds.volume)...)
+	runCLI(t, append(ds.cmd("ls", "-lR"), ds.volume)...)
+	runCLI(t, append(ds.cmd("disks"), ds.volume)...)
+	runCLI(t, append(ds.cmd("cat"), ds.volume, "vm1/vm1.vmdk")...)
+	runCLI(t, append(ds.cmd("convert", "-q", "--all", "--verify", "-f", "vhd", "--out-dir", out), ds.volume)...)
+	if after := sha256File(t, ds.volume); after != before {
+		t.Fatal("the source image changed")
+	}
+	if st2, _ := os.Stat(ds.volume); !st2.ModTime().Equal(st.ModTime()) {
+		t.Fatal("the source image's mtime changed")
+	}
+}
+
+// Stream to stdout gives the same bytes as the file output, for each format.
+func TestStreamEqualsFile(t *testing.T) {
+	ds := buildDatastore(t, testimages.Sample(5))
+	dir := t.TempDir()
+	disk := "vm1/vm1-000002.vmdk"
+	for _, f := range slices.Sorted(mapsKeysOf(outputFormats)) {
+		file := filepath.Join(dir, "file."+f)
+		if code, _, stderr := runCLI(t, append(ds.cmd("convert", "-q", "-f", f), ds.volume, disk, file)...); code != 0 {
+			t.Fatalf("%s: %s", f, stderr)
+		}
+		code, stdout, stderr := runCLI(t, append(ds.cmd("convert", "-q", "-f", f), ds.volume, disk, "-")...)
+		if code != 0 {
+			t.Fatalf("%s to stdout: %s", f, stderr)
+		}
+		// Random disk ids and timestamps differ between runs: compare content
+		// with qemu-img, and the sizes.
+		streamed := filepath.Join(dir, "stream."+f)
+		if err := os.WriteFile(streamed, []byte(stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		st, _ := os.Stat(file)
+		if st.Size() != int64(len(stdout)) {
+			t.Errorf("%s: stdout has %d bytes, the file %d", f, len(stdout), st.Size())
+		}
+		q := map[string]string{"vhd": "vpc"}[f]
+		if q == "" {
+			q = f
+		}
+		oracle.Run(t, "qemu-img", "compare", "-f", q, "-F", q, streamed, file)
+		if f != "vhd" && f != "raw" {
+			oracle.Run(t, "qemu-img", "check", "-f", q, streamed)
+		}
+	}
+}
+
+// An interrupted conversion leaves no output: SIGINT to a real process.
+func TestInterruptLeavesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "vmfs2vhd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "big.img")
+	m, err := testimages.Build(testimages.Spec{VMFS: 5, HashLimit: 1, Disks: []testimages.DiskSpec{{Path: "big/big.vmdk", Type: testimages.Eager, Size: 1 << 30, Fill: 100}}}, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = m
+	outDir := t.TempDir()
+	out := filepath.Join(outDir, "big.vhd")
+	// A slow pipe: stream mode to a reader that never reads keeps the
+	// conversion running until the signal.
+	cmd := exec.Command(bin, "convert", "-q", "-j", "1", img, "big/big.vmdk", out)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	ents, _ := os.ReadDir(outDir)
+	if err == nil {
+		t.Log("the conversion finished before the signal; checking that only the final output exists")
+		if len(ents) != 1 || ents[0].Name() != "big.vhd" {
+			t.Errorf("output dir holds %v", ents)
+		}
+		return
+	}
+	if len(ents) != 0 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("interrupted conversion left %s", strings.Join(names, ", "))
+	}
+}
