@@ -84,7 +84,7 @@ func TestRescueBadSectors(t *testing.T) {
 	if code, _, stderr := runWithDevices(t, rec, "convert", "-q", img, disk, good); code != 0 {
 		t.Fatalf("clean conversion: %s", stderr)
 	}
-	if sha256File(t, good) != diskSHA(m, disk) {
+	if sha256File(t, good) != manifestDisk(m, disk).SHA256 {
 		t.Fatal("clean conversion differs from the manifest")
 	}
 	// The largest device read is the disk's data; put bad sectors inside it.
@@ -141,13 +141,4 @@ func TestRescueBadSectors(t *testing.T) {
 	if code != exitBadRange || catOut != string(b) {
 		t.Errorf("cat --rescue: exit %d, output equal to convert's: %v", code, catOut == string(b))
 	}
-}
-
-func diskSHA(m *testimages.Manifest, p string) string {
-	for _, d := range m.Disks {
-		if d.Path == p {
-			return d.SHA256
-		}
-	}
-	return ""
 }
