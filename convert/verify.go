@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
 )
@@ -43,7 +42,7 @@ func Verify(ctx context.Context, src, out formats.Image, opts Options) error {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
-				if _, err := readFullAt(out, b[:k], e.Off+done); err != nil {
+				if _, err := formats.ReadFull(out, b[:k], e.Off+done); err != nil {
 					return fmt.Errorf("reading the output at %d: %w", e.Off+done, err)
 				}
 				if !formats.IsZero(b[:k]) {
@@ -65,10 +64,10 @@ func Verify(ctx context.Context, src, out formats.Image, opts Options) error {
 			}
 			k := min(size, e.Len-done)
 			off := e.Off + done
-			if _, err := readFullAt(src, a[:k], off); err != nil {
+			if _, err := formats.ReadFull(src, a[:k], off); err != nil {
 				return &ReadError{Off: off, Len: k, Err: err}
 			}
-			if _, err := readFullAt(out, b[:k], off); err != nil {
+			if _, err := formats.ReadFull(out, b[:k], off); err != nil {
 				return fmt.Errorf("reading the output at %d: %w", off, err)
 			}
 			if !bytes.Equal(a[:k], b[:k]) {
@@ -92,15 +91,4 @@ func Verify(ctx context.Context, src, out formats.Image, opts Options) error {
 		return checkZero(src.Size(), out.Size()-src.Size())
 	}
 	return nil
-}
-
-func readFullAt(r io.ReaderAt, p []byte, off int64) (int, error) {
-	n, err := r.ReadAt(p, off)
-	if n == len(p) {
-		return n, nil
-	}
-	if err == nil || err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
 }

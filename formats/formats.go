@@ -133,3 +133,38 @@ func Allocated(img Image) (int64, error) {
 	})
 	return n, err
 }
+
+// ErrExtentList reports an extent list that is out of order, overlapping,
+// empty-run, outside the disk or of an unknown Kind.
+var ErrExtentList = errors.New("invalid extent list")
+
+// CheckExtents verifies that extents are non-empty runs of a known Kind,
+// sorted, not overlapping, within [0, size) — what every planner takes.
+// Uncovered ranges count as holes.
+func CheckExtents(size int64, extents []Extent) error {
+	var prevEnd int64
+	for i, e := range extents {
+		if e.Len <= 0 || e.Off < prevEnd || e.Off > size-e.Len || e.Kind < Data || e.Kind > Hole {
+			return fmt.Errorf("formats: extent %d, %s [%d, +%d) after %d in a %d-byte disk: %w", i, e.Kind, e.Off, e.Len, prevEnd, size, ErrExtentList)
+		}
+		prevEnd = e.End()
+	}
+	return nil
+}
+
+// DataRuns returns the Data runs of a checked extent list, adjacent ones
+// merged.
+func DataRuns(extents []Extent) []Extent {
+	var runs []Extent
+	for _, e := range extents {
+		if e.Kind != Data {
+			continue
+		}
+		if n := len(runs); n > 0 && runs[n-1].End() == e.Off {
+			runs[n-1].Len += e.Len
+		} else {
+			runs = append(runs, e)
+		}
+	}
+	return runs
+}

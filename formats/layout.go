@@ -68,7 +68,7 @@ func WriteLayout(dst io.WriterAt, l Layout, src io.ReaderAt, bufSize int) error 
 		case p.Src >= 0:
 			for done := int64(0); done < p.Len; {
 				n := min(int64(len(buf)), p.Len-done)
-				if _, err := readFull(src, buf[:n], p.Src+done); err != nil {
+				if _, err := ReadFull(src, buf[:n], p.Src+done); err != nil {
 					return err
 				}
 				if !IsZero(buf[:n]) {
@@ -114,7 +114,7 @@ func StreamLayout(w io.Writer, l Layout, src io.ReaderAt, bufSize int) error {
 		case p.Src >= 0:
 			for done := int64(0); done < p.Len; {
 				n := min(int64(len(buf)), p.Len-done)
-				if _, err := readFull(src, buf[:n], p.Src+done); err != nil {
+				if _, err := ReadFull(src, buf[:n], p.Src+done); err != nil {
 					return err
 				}
 				if _, err := w.Write(buf[:n]); err != nil {
@@ -132,9 +132,9 @@ func StreamLayout(w io.Writer, l Layout, src io.ReaderAt, bufSize int) error {
 	return zeros(l.FileSize() - pos)
 }
 
-// readFull reads len(p) bytes at off, treating io.EOF after a full read as
-// success.
-func readFull(r io.ReaderAt, p []byte, off int64) (int, error) {
+// ReadFull reads len(p) bytes at off: io.EOF after a full read is success,
+// a short read is io.ErrUnexpectedEOF.
+func ReadFull(r io.ReaderAt, p []byte, off int64) (int, error) {
 	n, err := r.ReadAt(p, off)
 	if n == len(p) {
 		return n, nil

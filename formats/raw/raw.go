@@ -68,24 +68,10 @@ func Plan(size int64, extents []formats.Extent) (*Layout, error) {
 	if size < 0 {
 		return nil, &Error{What: "size", Off: -1, Msg: fmt.Sprintf("%d bytes", size), Err: ErrInvalid}
 	}
-	l := &Layout{size: size}
-	var prevEnd int64
-	for i, e := range extents {
-		if e.Len <= 0 || e.Off < prevEnd || e.Off > size-e.Len || e.Kind < formats.Data || e.Kind > formats.Hole {
-			return nil, &Error{What: fmt.Sprintf("extent %d", i), Off: e.Off,
-				Msg: fmt.Sprintf("%s [%d, +%d) after %d in a %d-byte disk", e.Kind, e.Off, e.Len, prevEnd, size), Err: ErrInvalid}
-		}
-		prevEnd = e.End()
-		if e.Kind != formats.Data {
-			continue
-		}
-		if n := len(l.runs); n > 0 && l.runs[n-1].End() == e.Off {
-			l.runs[n-1].Len += e.Len
-		} else {
-			l.runs = append(l.runs, e)
-		}
+	if err := formats.CheckExtents(size, extents); err != nil {
+		return nil, &Error{What: "extent list", Off: -1, Msg: err.Error(), Err: ErrInvalid}
 	}
-	return l, nil
+	return &Layout{size: size, runs: formats.DataRuns(extents)}, nil
 }
 
 // FileSize returns the virtual size.

@@ -275,24 +275,10 @@ func (l *Layout) blocks() iter.Seq[int64] {
 // dataRuns validates extents against size and returns its Data runs with
 // adjacent ones merged.
 func dataRuns(size int64, extents []formats.Extent) ([]formats.Extent, error) {
-	var runs []formats.Extent
-	var prevEnd int64
-	for i, e := range extents {
-		if e.Len <= 0 || e.Off < prevEnd || e.Off > size-e.Len || e.Kind < formats.Data || e.Kind > formats.Hole {
-			return nil, &Error{Struct: "extent list", Field: fmt.Sprintf("extent %d", i), Off: -1,
-				Msg: fmt.Sprintf("%s [%d, +%d) after %d in a %d-byte disk", e.Kind, e.Off, e.Len, prevEnd, size), Err: ErrInvalid}
-		}
-		prevEnd = e.End()
-		if e.Kind != formats.Data {
-			continue
-		}
-		if n := len(runs); n > 0 && runs[n-1].End() == e.Off {
-			runs[n-1].Len += e.Len
-		} else {
-			runs = append(runs, e)
-		}
+	if err := formats.CheckExtents(size, extents); err != nil {
+		return nil, &Error{Struct: "extent list", Off: -1, Msg: err.Error(), Err: ErrInvalid}
 	}
-	return runs, nil
+	return formats.DataRuns(extents), nil
 }
 
 func creatorApp(s string) ([4]byte, error) {

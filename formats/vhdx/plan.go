@@ -152,18 +152,10 @@ func Plan(size int64, extents []formats.Extent, opts Options) (formats.Layout, e
 	return p, nil
 }
 
-// checkExtents verifies that extents are sorted, non-overlapping, non-empty
-// and within [0, size).
+// checkExtents verifies the extent list (formats.CheckExtents).
 func checkExtents(size int64, extents []formats.Extent) error {
-	var prev int64
-	for i, e := range extents {
-		if e.Len <= 0 || e.Off < prev || e.Off > size-e.Len {
-			return errf(ErrInvalid, "extent list", "", -1, "extent %d [%d, +%d) is empty, out of order or beyond the %d-byte disk", i, e.Off, e.Len, size)
-		}
-		if e.Kind != formats.Data && e.Kind != formats.Zero && e.Kind != formats.Hole {
-			return errf(ErrInvalid, "extent list", "", -1, "extent %d has kind %v", i, e.Kind)
-		}
-		prev = e.End()
+	if err := formats.CheckExtents(size, extents); err != nil {
+		return errf(ErrInvalid, "extent list", "", -1, "%v", err)
 	}
 	return nil
 }
