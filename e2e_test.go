@@ -376,3 +376,44 @@ func manifestDisk(m *testimages.Manifest, p string) testimages.ManifestDisk {
 	}
 	return testimages.ManifestDisk{}
 }
+
+// ls -R --json lists exactly the manifest's files (which debugvmfs and
+// debugvmfs6 judged in testimages) with their types and sizes, whatever
+// order the extents of a spanned volume come in.
+func TestLsMatchesManifest(t *testing.T) {
+	for _, tc := range datastoreCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ds := buildDatastore(t, tc.spec)
+			code, out, stderr := runCLI(t, append(ds.cmd("ls", "-R", "--json"), ds.volume)...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var got []fileInfoJSON
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatal(err)
+			}
+			listed := map[string]fileInfoJSON{}
+			for _, f := range got {
+				listed[f.Path] = f
+			}
+			for _, f := range ds.m.Files {
+				g, ok := listed[f.Path]
+				wantType := f.Type
+				if f.System {
+					wantType = "system"
+				}
+				switch {
+				case !ok:
+					t.Errorf("%s: not listed", f.Path)
+				case g.Size != f.Size || g.Type != wantType || (!f.System && g.Allocated != f.Allocated):
+					t.Errorf("%s: listed %s size %d allocated %d; manifest %s %d %d", f.Path, g.Type, g.Size, g.Allocated, wantType, f.Size, f.Allocated)
+				}
+				delete(listed, f.Path)
+			}
+			for p := range listed {
+				t.Errorf("%s: listed but not in the manifest", p)
+			}
+		})
+	}
+}
