@@ -52,8 +52,16 @@ func runInfo(c *cli.Context) error {
 	w := c.App.Writer
 	if c.NArg() == 1 {
 		info := v.Info()
+		free, ferr := v.Free()
 		if c.Bool("json") {
-			return printJSON(c, info)
+			out := struct {
+				vmfs.Info
+				Free *int64 `json:"free,omitempty"` // bytes; absent where unknown (VMFS6)
+			}{Info: info}
+			if ferr == nil {
+				out.Free = &free
+			}
+			return printJSON(c, out)
 		}
 		fmt.Fprintf(w, "VMFS%d (FS %d.%d, LVM %d.%d)%s\n", info.Version, info.FSMajor, info.FSMinor, info.LVMMajor, info.LVMMinor, map[bool]string{true: ", VMFS-L"}[info.Local])
 		fmt.Fprintf(w, "label:       %s\nUUID:        %s\n", info.Label, info.UUID)
@@ -61,6 +69,11 @@ func runInfo(c *cli.Context) error {
 			fmt.Fprintf(w, "LV UUID:     %s\n", info.LVUUID)
 		}
 		fmt.Fprintf(w, "block size:  %s (sub-block %s)\ncapacity:    %s\n", formatSize(info.BlockSize), formatSize(info.SubBlockSize), formatSize(info.Capacity))
+		if ferr == nil {
+			fmt.Fprintf(w, "free:        %s (%d blocks)\n", formatSize(free), free/info.BlockSize)
+		} else {
+			fmt.Fprintf(w, "free:        unknown (%v)\n", ferr)
+		}
 		for i, e := range info.Extents {
 			state := ""
 			if e.Missing {
@@ -210,8 +223,18 @@ func runLs(c *cli.Context) error {
 	}
 	var all []fileInfoJSON
 	w := tabwriter.NewWriter(c.App.Writer, 0, 0, 1, ' ', tabwriter.AlignRight)
+	// A damaged directory entry can point back at an ancestor: enter
+	// every directory once, as vmfs.Walk does.
+	entered := map[uint32]bool{}
 	var list func(dir string, header bool) error
 	list = func(dir string, header bool) error {
+		if st, err := v.Stat(dir); err == nil {
+			if entered[st.FD] {
+				fmt.Fprintf(c.App.ErrWriter, "warning: %s: directory FD 0x%08x was listed already (a directory cycle): not entered again\n", dir, st.FD)
+				return nil
+			}
+			entered[st.FD] = true
+		}
 		ents, err := v.ReadDir(dir)
 		if err != nil {
 			return err
@@ -314,7 +337,7 @@ func runCat(c *cli.Context) error {
 	}
 	defer f.Close()
 	if st := f.Stat(); st.IsDir {
-		return fmt.Errorf("%s: %w", c.Args().Get(1), fs.ErrInvalid)
+		return fmt.Errorf("%s: is a directory (FD 0x%08x): %w", c.Args().Get(1), st.FD, fs.ErrInvalid)
 	}
 	var bad convert.BadRanges
 	var exts []formats.Extent

@@ -132,6 +132,10 @@ func build(spec Spec, out string) (*Manifest, *vol, error) {
 	rootBlock := next
 	next++
 	v.usedBlocks = next
+	v.used = make([]bool, totalBlocks)
+	for b := int64(0); b < next; b++ {
+		v.used[b] = true
+	}
 	alloc := &blockAllocator{}
 	for e := int64(0); e < ext; e++ {
 		start := e * blocksPerExt
@@ -160,6 +164,7 @@ func build(spec Spec, out string) (*Manifest, *vol, error) {
 		}
 	}
 	v.finishSystemFiles(totalBlocks)
+	v.clusterHeaders()
 
 	dev, err := v.layoutDevices(out, perExt, volSize)
 	if err != nil {
@@ -421,7 +426,8 @@ func (v *vol) finishSystemFiles(totalBlocks int64) {
 
 // manifest computes the ground truth from what was generated.
 func (v *vol) manifest(dev *devices, layers []*layer, volSize int64) (*Manifest, error) {
-	m := &Manifest{VMFS: v.g.vmfs, Label: v.spec.Label, UUID: dev.fsUUID, Size: volSize}
+	m := &Manifest{VMFS: v.g.vmfs, Label: v.spec.Label, UUID: dev.fsUUID, Size: volSize, BlockSize: v.g.blockSize,
+		FreeBlocks: volSize/v.g.blockSize - v.usedBlocks}
 	for _, p := range dev.paths {
 		m.Images = append(m.Images, path.Base(p))
 	}

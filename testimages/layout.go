@@ -201,6 +201,7 @@ func (v *vol) place(n *node, alloc *blockAllocator) error {
 			return err
 		}
 		v.usedBlocks++
+		v.used[b] = true
 		n.numBlocks++
 		a := g.fbAddr(b, st == blockTBZ)
 		if st == blockTBZ {
@@ -319,4 +320,72 @@ func (v *vol) resHeader(f *resFile, numRes int64) []byte {
 		le32(b, 0x24, 1)
 	}
 	return b
+}
+
+// clusterHeaders writes the cluster headers of the VMFS3/5 resource files:
+// a lock block (type 0x10C00000 + resource type + 1, its own address) and
+// the metadata {clusterNum, total, free, nextFree} with a bitmap whose set
+// bits are free resources (vmfs-format.md §6.1). Readers need them only for
+// free-space accounting; VMFS6's layout of them is not known well enough to
+// write.
+func (v *vol) clusterHeaders() {
+	if v.g.vmfs == 6 {
+		return
+	}
+	type res struct {
+		f    *resFile
+		typ  uint32
+		n    int64 // resources described
+		used func(i int64) bool
+	}
+	fds := map[int64]bool{}
+	for _, n := range v.nodes {
+		fds[n.fd] = true
+	}
+	for _, n := range v.root.children {
+		if n.system {
+			fds[n.fd] = true
+		}
+	}
+	total := int64(len(v.used))
+	list := []res{
+		{v.fbb, 2, total, func(i int64) bool { return v.used[i] }},
+		{v.sbc, 3, v.sbc.capacity(), func(i int64) bool { return i < v.nextSB }},
+		{v.pbc, 4, v.pbc.capacity(), func(i int64) bool { return i < v.nextPB }},
+		{v.fdc, 5, v.fdc.capacity(), func(i int64) bool { return fds[i] }},
+	}
+	H := v.g.clusterH
+	for _, r := range list {
+		geom := r.f.geom
+		if r.f == v.fbb {
+			geom = v.g.fbb
+		}
+		clusters := (r.n + geom.rpc - 1) / geom.rpc
+		for c := int64(0); c < clusters; c++ {
+			g, k := c/geom.cpg, c%geom.cpg
+			off := 0x10000 + g*v.g.groupSize(geom) + k*H
+			logical := r.f.first*v.g.blockSize + off
+			b := make([]byte, H)
+			le32(b, 0, 0x10C00000+r.typ)
+			le64(b, 4, uint64(logical))
+			m := b[H/2:]
+			items := min(geom.rpc, r.n-c*geom.rpc)
+			var free int64
+			next := int64(-1)
+			for i := int64(0); i < items; i++ {
+				if !r.used(c*geom.rpc + i) {
+					free++
+					m[16+i/8] |= 1 << (i % 8)
+					if next < 0 {
+						next = i
+					}
+				}
+			}
+			le32(m, 0, uint32(c))
+			le32(m, 4, uint32(items))
+			le32(m, 8, uint32(free))
+			le32(m, 12, uint32(max(next, 0)))
+			v.writes = append(v.writes, write{logical, b})
+		}
+	}
 }

@@ -89,6 +89,10 @@ type Manifest struct {
 	Label  string         `json:"label"`
 	UUID   string         `json:"uuid"`
 	Size   int64          `json:"size"` // logical volume size
+	// BlockSize is the file block size; FreeBlocks the file blocks no file
+	// uses (VMFS3/5 record them in .fbb.sf's cluster bitmaps).
+	BlockSize  int64 `json:"block_size"`
+	FreeBlocks int64 `json:"free_blocks"`
 	Files  []ManifestFile `json:"files"`
 	Disks  []ManifestDisk `json:"disks"`
 }

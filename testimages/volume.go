@@ -87,6 +87,7 @@ type vol struct {
 	nextBlock                        int64
 	nextSB, nextPB                   int64
 	usedBlocks                       int64
+	used                             []bool // used file blocks, by block number
 
 	// writes to the logical volume, in any order
 	writes []write

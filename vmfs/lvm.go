@@ -335,13 +335,13 @@ type lvol struct {
 
 // ExtentInfo describes one device of a volume.
 type ExtentInfo struct {
-	Device          string // Device.Name
-	PartitionOffset int64  // start of the VMFS partition on the device
-	DeviceID        string // LVM device UUID ("" for a bare logical volume)
-	DiskID          string // SCSI disk id recorded by the LVM
-	Logical         int64  // first logical byte the device holds
-	Length          int64  // logical bytes the device holds
-	Missing         bool   // the device was not given (Options.AllowMissingExtents)
+	Device          string `json:"device"`           // Device.Name
+	PartitionOffset int64  `json:"partition_offset"` // start of the VMFS partition on the device
+	DeviceID        string `json:"device_id"`        // LVM device UUID ("" for a bare logical volume)
+	DiskID          string `json:"disk_id"`          // SCSI disk id recorded by the LVM
+	Logical         int64  `json:"logical"`          // first logical byte the device holds
+	Length          int64  `json:"length"`           // logical bytes the device holds
+	Missing         bool   `json:"missing"`          // the device was not given (Options.AllowMissingExtents)
 }
 
 // assemble builds the logical volume from the LVM devices (§3.5).

@@ -28,25 +28,25 @@ const defaultCacheBytes = 32 << 20
 
 // Info describes a volume.
 type Info struct {
-	Version      int    // 3, 5 or 6
-	FSMajor      int    // FS descriptor version, e.g. 14
-	FSMinor      int    // e.g. 81
-	LVMMajor     int    // LVM version, 0 for a bare logical volume
-	LVMMinor     int    //
-	Local        bool   // VMFS-L (magic 0x2FABF15F)
-	Label        string //
-	UUID         string // FS UUID
-	LVUUID       string // logical volume UUID ("" for a bare logical volume)
-	Config       uint32 // FS config flags
-	BlockSize    int64  // file block size
-	SubBlockSize int64  //
-	MDAlignment  int64  // VMFS6 metadata alignment, 0 before VMFS6
-	Capacity     int64  // logical volume size in bytes
-	Extents      []ExtentInfo
+	Version      int          `json:"version"`   // 3, 5 or 6
+	FSMajor      int          `json:"fs_major"`  // FS descriptor version, e.g. 14
+	FSMinor      int          `json:"fs_minor"`  // e.g. 81
+	LVMMajor     int          `json:"lvm_major"` // LVM version, 0 for a bare logical volume
+	LVMMinor     int          `json:"lvm_minor"`
+	Local        bool         `json:"local"` // VMFS-L (magic 0x2FABF15F)
+	Label        string       `json:"label"`
+	UUID         string       `json:"uuid"`       // FS UUID
+	LVUUID       string       `json:"lv_uuid"`    // logical volume UUID ("" for a bare logical volume)
+	Config       uint32       `json:"config"`     // FS config flags
+	BlockSize    int64        `json:"block_size"` // file block size
+	SubBlockSize int64        `json:"sub_block_size"`
+	MDAlignment  int64        `json:"md_alignment"` // VMFS6 metadata alignment, 0 before VMFS6
+	Capacity     int64        `json:"capacity"`     // logical volume size in bytes
+	Extents      []ExtentInfo `json:"extents"`
 	// LiveHosts lists the UUIDs of hosts with a live heartbeat: the volume
 	// was mounted when the image was taken, so metadata may be mid-update
 	// (a read-only reader cannot replay the host's journal).
-	LiveHosts []string
+	LiveHosts []string `json:"live_hosts"`
 }
 
 // Volume is an open VMFS volume. Its methods are safe for concurrent use.
