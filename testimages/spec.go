@@ -84,17 +84,17 @@ type Spec struct {
 
 // Manifest is the ground truth of a built volume.
 type Manifest struct {
-	VMFS   int            `json:"vmfs"`
-	Images []string       `json:"images"`
-	Label  string         `json:"label"`
-	UUID   string         `json:"uuid"`
-	Size   int64          `json:"size"` // logical volume size
+	VMFS   int      `json:"vmfs"`
+	Images []string `json:"images"`
+	Label  string   `json:"label"`
+	UUID   string   `json:"uuid"`
+	Size   int64    `json:"size"` // logical volume size
 	// BlockSize is the file block size; FreeBlocks the file blocks no file
 	// uses (VMFS3/5 record them in .fbb.sf's cluster bitmaps).
-	BlockSize  int64 `json:"block_size"`
-	FreeBlocks int64 `json:"free_blocks"`
-	Files  []ManifestFile `json:"files"`
-	Disks  []ManifestDisk `json:"disks"`
+	BlockSize  int64          `json:"block_size"`
+	FreeBlocks int64          `json:"free_blocks"`
+	Files      []ManifestFile `json:"files"`
+	Disks      []ManifestDisk `json:"disks"`
 }
 
 // ManifestFile is one file, directory or symlink; Path is relative to the
