@@ -79,6 +79,7 @@ func datastoreCases() []struct {
 		{"vmfs6", testimages.Sample(6)},
 		{"vmfs5-spanned", testimages.SpannedSpec(5)},
 		{"vmfs6-pointer", testimages.PointerSpec(6)},
+		{"vmfs6-lfb", testimages.LFBSpec()},
 	}
 }
 

@@ -90,6 +90,10 @@ func build(spec Spec, out string) (*Manifest, *vol, error) {
 			continue
 		}
 		nb := (n.size + g.blockSize - 1) / g.blockSize
+		if n.used == "lfb" {
+			need += ((nb+lfbBlocks-1)/lfbBlocks + 1) * lfbBlocks // whole, aligned large blocks
+			continue
+		}
 		for i := int64(0); i < nb; i++ {
 			if n.block == nil || n.block(i) != blockHole {
 				need++
@@ -279,6 +283,10 @@ func (v *vol) addDisks() ([]*layer, error) {
 		ext := &node{path: l.extent, typ: fdFile, mode: 0o600, size: l.size}
 		if l.parent == nil {
 			ext.content, ext.block = l.read, l.baseBlock
+			// ESXi gives thick disks large file blocks on VMFS6.
+			if l.kind == Eager && v.g.vmfs == 6 && v.spec.Extents <= 1 && l.size >= lfbBlocks*v.g.blockSize {
+				ext.layout = "lfb"
+			}
 		} else {
 			var d *deltaFile
 			var err error

@@ -71,6 +71,23 @@ func (a *blockAllocator) next() (int64, error) {
 	return 0, fmt.Errorf("testimages: volume full")
 }
 
+// run hands out n contiguous blocks starting at a multiple of align, from
+// the first extent that has room.
+func (a *blockAllocator) run(n, align int64) (int64, error) {
+	for e := range a.cursors {
+		start := (a.cursors[e] + align - 1) / align * align
+		if start+n <= a.limits[e] {
+			a.cursors[e] = start + n
+			return start, nil
+		}
+	}
+	return 0, fmt.Errorf("testimages: no room for %d aligned blocks", n)
+}
+
+// lfbBlocks is the number of file blocks in a VMFS6 large file block
+// (512 MiB with 1 MiB blocks: sfbToLfbShift 9).
+const lfbBlocks = 512
+
 // decide picks n's storage form (vmfs-format.md §8) from its size and the
 // requested layout.
 func (v *vol) decide(n *node) error {
@@ -110,6 +127,17 @@ func (v *vol) decide(n *node) error {
 			return fmt.Errorf("testimages: %q: too large for sub-blocks", n.path)
 		}
 		n.zla, n.fdBlock = zlaSubBlock, g.sbSize
+	case "lfb":
+		if g.vmfs != 6 {
+			return fmt.Errorf("testimages: %q: large file blocks exist on VMFS6 only", n.path)
+		}
+		if v.spec.Extents > 1 {
+			return fmt.Errorf("testimages: %q: the generator lays out large file blocks on single-extent volumes only", n.path)
+		}
+		if (nb+lfbBlocks-1)/lfbBlocks > g.ptrs {
+			return fmt.Errorf("testimages: %q: %d large blocks exceed the %d direct addresses", n.path, (nb+lfbBlocks-1)/lfbBlocks, g.ptrs)
+		}
+		n.zla, n.fdBlock = zlaDirect, B*lfbBlocks
 	case "blocks":
 		if nb > g.ptrs {
 			return fmt.Errorf("testimages: %q: %d blocks exceed the %d direct addresses", n.path, nb, g.ptrs)
@@ -157,6 +185,9 @@ func (v *vol) place(n *node, alloc *blockAllocator) error {
 		n.allocated = n.size
 		n.mark(0, n.size, "data")
 		return nil
+	}
+	if n.used == "lfb" {
+		return v.placeLFB(n, alloc)
 	}
 	B := g.blockSize
 	P := g.ptrsPerBlock()
@@ -286,6 +317,9 @@ func (v *vol) fd(n *node) []byte {
 		le32(m, 0x64, 0x66646D64) // "dmdf"
 		le32(m, 0x70, g.fdAddr(v.parentOf(n).fd))
 	}
+	if n.used == "lfb" {
+		le32(m, 0x8C, uint32(n.numBlocks)) // numLFB
+	}
 	if g.vmfs >= 5 {
 		le32(m, 0x6C, 20)
 		m[0x89] = byte(bits.TrailingZeros64(uint64(n.fdBlock)))
@@ -388,4 +422,49 @@ func (v *vol) clusterHeaders() {
 			v.writes = append(v.writes, write{logical, b})
 		}
 	}
+}
+
+// placeLFB lays n out in VMFS6 large file blocks: a direct array of LFB
+// addresses (type 7, block number in bits 15–45) of 512 MiB-aligned runs of
+// 512 file blocks (vmfs-format.md §5.2). A large block is a hole when every
+// file block in it is; TBZ large blocks are not generated (the meaning of
+// the 8-bit TBZ field in a 512 MiB block is not known).
+func (v *vol) placeLFB(n *node, alloc *blockAllocator) error {
+	B := v.g.blockSize
+	L := B * lfbBlocks
+	n.ptrs = make([]uint64, v.g.ptrs)
+	for i := int64(0); i*L < n.size; i++ {
+		st := blockHole
+		for j := i * lfbBlocks; j < (i+1)*lfbBlocks && j*B < n.size; j++ {
+			s := blockData
+			if n.block != nil {
+				s = n.block(j)
+			}
+			if s == blockTBZ {
+				return fmt.Errorf("testimages: %q: TBZ in a large file block is not generated", n.path)
+			}
+			st = max(st, s)
+		}
+		if st == blockHole {
+			n.holes++
+			n.mark(i*L, L, "hole")
+			continue
+		}
+		first, err := alloc.run(lfbBlocks, lfbBlocks)
+		if err != nil {
+			return err
+		}
+		for j := int64(0); j < lfbBlocks; j++ {
+			v.used[first+j] = true
+			if idx := i*lfbBlocks + j; idx*B < n.size {
+				v.data = append(v.data, dataBlock{first + j, n, idx})
+			}
+		}
+		v.usedBlocks += lfbBlocks
+		n.numBlocks++
+		n.ptrs[i] = 7 | uint64(first/lfbBlocks)<<15
+		n.allocated += min(L, n.size-i*L)
+		n.mark(i*L, L, "data")
+	}
+	return nil
 }

@@ -65,6 +65,7 @@ func oracleCases() []struct {
 		{"vmfs5-pointer", PointerSpec(5)},
 		{"vmfs6-pointer", PointerSpec(6)},
 		{"vmfs5-mbr", mbr},
+		{"vmfs6-lfb", LFBSpec()},
 	}
 }
 

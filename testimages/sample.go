@@ -101,3 +101,24 @@ func IssueSpec(vmfs int) Spec {
 		Snapshots: []SnapshotSpec{{Base: "vm1/vm1.vmdk", Fill: 5}, {Base: "vm1/vm1.vmdk", Fill: 5}},
 	}
 }
+
+// LFBSpec is a VMFS6 volume with large file blocks: an eager disk of
+// 512 MiB + 3 MiB (two 512 MiB blocks, the second partial) with a seSparse
+// snapshot, and a file whose second large block is a hole.
+func LFBSpec() Spec {
+	const lfb = 512 << 20
+	return Spec{
+		VMFS: 6, Seed: 6003, Label: "lfb",
+		Disks:     []DiskSpec{{Path: "thick/thick.vmdk", Type: Eager, Size: lfb + 3<<20, Fill: 2}},
+		Snapshots: []SnapshotSpec{{Base: "thick/thick.vmdk", Fill: 1}},
+		Files:     []FileSpec{{Path: "lfb-hole.bin", Size: lfb + 4096, Layout: "lfb", Holes: holeRange(512, 513)}},
+	}
+}
+
+func holeRange(from, to int64) []int64 {
+	var h []int64
+	for i := from; i < to; i++ {
+		h = append(h, i)
+	}
+	return h
+}

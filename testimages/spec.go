@@ -53,7 +53,8 @@ type FileSpec struct {
 	// Layout forces the storage form of a file: "" picks what VMFS would
 	// (resident when small, sub-blocks, file blocks, pointer blocks),
 	// "resident", "subblock", "blocks", "pointer" (single indirect even when
-	// small), "double" (double indirect).
+	// small), "double" (double indirect), "lfb" (VMFS6 large file blocks of
+	// 512 MiB; eager disks of 512 MiB or more get them by default).
 	Layout string
 	// Holes lists file-block indexes left unallocated; TBZ lists file-block
 	// indexes allocated as to-be-zeroed (filled with garbage on the volume).
