@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,7 +28,7 @@ func FuzzOpen(f *testing.F) {
 			f.Fatal(err)
 		}
 		var w bytes.Buffer
-		if err := formats.StreamLayout(&w, l, newSynth(c.size, c.ext, 1), 1<<16); err != nil {
+		if err := formats.StreamLayout(&w, l, synth.New(c.size, c.ext, 1), 1<<16); err != nil {
 			f.Fatal(err)
 		}
 		f.Add(w.Bytes())

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -77,7 +78,7 @@ func TestPlanUnit(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s := newSynth(c.size, c.ext, 1)
+			s := synth.New(c.size, c.ext, 1)
 			l, err := Plan(c.size, c.ext, c.opts)
 			if err != nil {
 				t.Fatal(err)
@@ -99,7 +100,7 @@ func TestPlanUnit(t *testing.T) {
 					t.Errorf("L2[%d] = %#x, want %#x", gc, v, c.l2[gc])
 				}
 			}
-			sameImage(t, img, s)
+			synth.SameImage(t, img, s)
 			checkRefcounts(t, b, cs)
 		})
 	}
@@ -180,17 +181,17 @@ func TestRefcountFixedPoint(t *testing.T) {
 // TestPlanMemory plans a 2000 GiB disk and walks its pieces.
 func TestPlanMemory(t *testing.T) {
 	size := 2000 * sGiB
-	s := newSynth(size, patterns[3].make(size, 10*sMiB, rand.New(rand.NewPCG(1, 2))), 1)
+	s := synth.New(size, synth.Patterns[3].Make(size, 10*sMiB, rand.New(rand.NewPCG(1, 2))), 1)
 	var l formats.Layout
 	allocs := testing.AllocsPerRun(1, func() {
 		var err error
-		if l, err = Plan(size, s.ext, Options{}); err != nil {
+		if l, err = Plan(size, s.Ext, Options{}); err != nil {
 			t.Fatal(err)
 		}
 		for range l.Pieces() {
 		}
 	})
-	t.Logf("%d extents, file %d bytes, %v allocations", len(s.ext), l.FileSize(), allocs)
+	t.Logf("%d extents, file %d bytes, %v allocations", len(s.Ext), l.FileSize(), allocs)
 	if allocs > 2000 {
 		t.Errorf("%v allocations", allocs)
 	}
@@ -241,7 +242,7 @@ type checks struct {
 func TestRoundTrip(t *testing.T) {
 	sizes := []struct {
 		name         string
-		size, budget int64 // budget: data bytes of the alternating and random patterns
+		size, budget int64 // budget: data bytes of the alternating and random synth.Patterns
 		checks       checks
 	}{
 		{"1MiB", sMiB, sMiB, checks{true, true}},
@@ -251,14 +252,14 @@ func TestRoundTrip(t *testing.T) {
 		{"2000GiB", 2000 * sGiB, 10 * sMiB, checks{stream: true}},
 	}
 	for _, sz := range sizes {
-		for pi, pat := range patterns {
+		for pi, pat := range synth.Patterns {
 			for _, compat := range []string{CompatV3, CompatV2} {
 				if compat == CompatV2 && pi%2 == 0 && sz.size > 2*sGiB {
 					continue
 				}
-				t.Run(fmt.Sprintf("%s/%s/compat=%s", sz.name, pat.name, compat), func(t *testing.T) {
+				t.Run(fmt.Sprintf("%s/%s/compat=%s", sz.name, pat.Name, compat), func(t *testing.T) {
 					budget := sz.budget
-					if pat.name == "full" {
+					if pat.Name == "full" {
 						budget = sz.size
 						if sz.size > 2*sGiB {
 							budget = sz.budget
@@ -268,7 +269,7 @@ func TestRoundTrip(t *testing.T) {
 						}
 					}
 					rng := rand.New(rand.NewPCG(uint64(sz.size), uint64(pi)))
-					s := newSynth(sz.size, pat.make(sz.size, budget, rng), uint64(pi)+7)
+					s := synth.New(sz.size, pat.Make(sz.size, budget, rng), uint64(pi)+7)
 					// Every other pattern flags Zero extents as v3 zero clusters.
 					roundTrip(t, s, Options{Compat: compat, ZeroClusters: compat == CompatV3 && pi%2 == 1}, sz.checks)
 				})
@@ -277,7 +278,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 	t.Run("2TiB+1MiB", func(t *testing.T) {
 		size := 2<<40 + sMiB
-		s := newSynth(size, []formats.Extent{
+		s := synth.New(size, []formats.Extent{
 			{Off: 0, Len: sMiB, Kind: formats.Data},
 			{Off: 1 << 40, Len: 1 << 35, Kind: formats.Zero},
 			{Off: size - sMiB - 4096, Len: sMiB + 4096, Kind: formats.Data},
@@ -289,16 +290,16 @@ func TestRoundTrip(t *testing.T) {
 			t.Run(fmt.Sprintf("cluster %d/compat=%s", cs, compat), func(t *testing.T) {
 				size := 64*sMiB + 7*512
 				rng := rand.New(rand.NewPCG(5, uint64(cs)))
-				s := newSynth(size, patterns[3].make(size, size, rng), 3)
+				s := synth.New(size, synth.Patterns[3].Make(size, size, rng), 3)
 				roundTrip(t, s, Options{ClusterSize: cs, Compat: compat}, checks{mount: true, stream: true})
 			})
 		}
 	}
 }
 
-func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
+func roundTrip(t *testing.T, s *synth.Image, opts Options, c checks) {
 	t0 := time.Now()
-	l, err := Plan(s.size, s.ext, opts)
+	l, err := Plan(s.Len, s.Ext, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +309,7 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 	// Exact accounting of data clusters.
 	touched := map[int64]bool{}
 	nData := int64(0)
-	for _, e := range s.ext {
+	for _, e := range s.Ext {
 		if e.Kind == formats.Data {
 			nData++
 			for c := e.Off / cs; c <= (e.End()-1)/cs; c++ {
@@ -321,20 +322,20 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 	}
 	// Thin bound: data + 1 % + the metadata a fully allocated image of
 	// this size would need + two partial clusters per extent.
-	alloc := s.dataBytes()
+	alloc := s.DataBytes()
 	meta := (1 + p.rtClusters + p.rbClusters + p.l1Clusters + p.l2Tables) * cs
 	if bound := alloc + alloc/100 + meta + 2*nData*cs; l.FileSize() > bound {
 		t.Errorf("FileSize %d > bound %d", l.FileSize(), bound)
 	}
-	if fullL2 := (s.size + cs*cs/8 - 1) / (cs * cs / 8); p.l2Tables > fullL2 {
+	if fullL2 := (s.Len + cs*cs/8 - 1) / (cs * cs / 8); p.l2Tables > fullL2 {
 		t.Errorf("%d L2 tables, a full disk needs %d", p.l2Tables, fullL2)
 	}
 
 	dir := t.TempDir()
 	file, stream, raw := filepath.Join(dir, "out.qcow2"), filepath.Join(dir, "stream.qcow2"), filepath.Join(dir, "src.raw")
-	writeFile(t, file, l, s)
-	writeStream(t, stream, l, s)
-	sameFiles(t, file, stream)
+	synth.WriteFile(t, file, l, s)
+	synth.WriteStream(t, stream, l, s)
+	synth.SameFiles(t, file, stream)
 	tw := time.Since(t0)
 
 	paths := []string{file}
@@ -351,13 +352,13 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 			f.Close()
 			t.Fatalf("Open %s: %v", filepath.Base(path), err)
 		}
-		sameImage(t, img, s)
+		synth.SameImage(t, img, s)
 		f.Close()
 	}
 	tr := time.Since(t0)
 
-	qemuCheck(t, file, s.size, o.Compat)
-	writeRaw(t, raw, s)
+	qemuCheck(t, file, s.Len, o.Compat)
+	synth.WriteRaw(t, raw, s)
 	oracle.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", raw, file)
 	// libqcow 20201213 ignores the zero flag: it reads a zero cluster
 	// without a host offset as the header cluster (and a qemu-made one with
@@ -367,11 +368,11 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 		mountCompare(t, "qcowmount", file, raw)
 	}
 	t.Logf("%d bytes virtual, %d data, file %d (%d L2 tables): write+stream %v, read back %v, oracles %v",
-		s.size, alloc, l.FileSize(), p.l2Tables, tw.Round(time.Millisecond), (tr - tw).Round(time.Millisecond), (time.Since(t0) - tr).Round(time.Millisecond))
+		s.Len, alloc, l.FileSize(), p.l2Tables, tw.Round(time.Millisecond), (tr - tw).Round(time.Millisecond), (time.Since(t0) - tr).Round(time.Millisecond))
 }
 
-func hasZero(s *synth) bool {
-	for _, e := range s.ext {
+func hasZero(s *synth.Image) bool {
+	for _, e := range s.Ext {
 		if e.Kind == formats.Zero {
 			return true
 		}
@@ -398,7 +399,7 @@ func mountCompare(t *testing.T, tool, image, raw string) {
 	if err != nil || len(ents) != 1 {
 		t.Fatalf("%s exposes %v (%v), want one file", tool, ents, err)
 	}
-	sameFiles(t, filepath.Join(mnt, ents[0].Name()), raw)
+	synth.SameFiles(t, filepath.Join(mnt, ents[0].Name()), raw)
 }
 
 // TestReadQemuImages reads images qemu-img wrote and refuses the features
@@ -408,9 +409,9 @@ func TestReadQemuImages(t *testing.T) {
 	dir := t.TempDir()
 	size := 64*sMiB + 3*512
 	rng := rand.New(rand.NewPCG(9, 9))
-	s := newSynth(size, patterns[3].make(size, size, rng), 5)
+	s := synth.New(size, synth.Patterns[3].Make(size, size, rng), 5)
 	raw := filepath.Join(dir, "src.raw")
-	writeRaw(t, raw, s)
+	synth.WriteRaw(t, raw, s)
 	for _, c := range []struct {
 		name string
 		args []string
@@ -452,7 +453,7 @@ func TestReadQemuImages(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sameImage(t, img, s)
+			synth.SameImage(t, img, s)
 			// And the other way: everything we call non-data reads as zero.
 			b := make([]byte, size)
 			if _, err := img.ReadAt(b, 0); err != nil && err != io.EOF {
@@ -485,8 +486,8 @@ func TestReadQemuImages(t *testing.T) {
 
 func TestReadRefusesCorruption(t *testing.T) {
 	size := 4 * sMiB
-	s := newSynth(size, []formats.Extent{{Off: 0, Len: sMiB, Kind: formats.Data}, {Off: sMiB, Len: sMiB, Kind: formats.Zero}}, 2)
-	l, err := Plan(size, s.ext, Options{})
+	s := synth.New(size, []formats.Extent{{Off: 0, Len: sMiB, Kind: formats.Data}, {Off: sMiB, Len: sMiB, Kind: formats.Zero}}, 2)
+	l, err := Plan(size, s.Ext, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -527,3 +528,10 @@ func TestReadRefusesCorruption(t *testing.T) {
 		})
 	}
 }
+
+// Units, from the shared test support.
+const (
+	sKiB = synth.KiB
+	sMiB = synth.MiB
+	sGiB = synth.GiB
+)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/bzip2"
 	"encoding/binary"
+	"github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 	"io"
 	"os"
 	"path/filepath"
@@ -128,7 +129,7 @@ func FuzzOpen(f *testing.F) {
 		}
 		file := make([]byte, l.FileSize())
 		var w bytes.Buffer
-		if err := formats.StreamLayout(&w, l, newSynth(c.size, c.ext, 1), 1<<16); err != nil {
+		if err := formats.StreamLayout(&w, l, synth.New(c.size, c.ext, 1), 1<<16); err != nil {
 			f.Fatal(err)
 		}
 		copy(file, w.Bytes())

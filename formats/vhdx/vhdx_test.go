@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -159,9 +160,9 @@ func TestPlanUnit(t *testing.T) {
 // plan and a full walk of its pieces allocate little.
 func TestPlanMemory(t *testing.T) {
 	size := 2000 * sGiB
-	s := newSynth(size, patterns[3].make(size, 10*sMiB, rand.New(rand.NewPCG(1, 2))), 1)
+	s := synth.New(size, synth.Patterns[3].Make(size, 10*sMiB, rand.New(rand.NewPCG(1, 2))), 1)
 	allocs := testing.AllocsPerRun(1, func() {
-		l, err := Plan(size, s.ext, Options{})
+		l, err := Plan(size, s.Ext, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,7 +330,7 @@ func TestRoundTrip(t *testing.T) {
 	all := checks{qemu: true, compare: true, mount: true, stream: true}
 	sizes := []struct {
 		name         string
-		size, budget int64 // budget: data bytes of the alternating and random patterns
+		size, budget int64 // budget: data bytes of the alternating and random synth.Patterns
 		checks       checks
 	}{
 		{"1MiB", sMiB, sMiB, all},
@@ -341,10 +342,10 @@ func TestRoundTrip(t *testing.T) {
 		{"2000GiB", 2000 * sGiB, 10 * sMiB, checks{qemu: true, stream: true}},
 	}
 	for _, sz := range sizes {
-		for pi, pat := range patterns {
-			t.Run(sz.name+"/"+pat.name, func(t *testing.T) {
+		for pi, pat := range synth.Patterns {
+			t.Run(sz.name+"/"+pat.Name, func(t *testing.T) {
 				budget, c := sz.budget, sz.checks
-				if pat.name == "full" {
+				if pat.Name == "full" {
 					budget = sz.size
 					if sz.size > 2*sGiB {
 						budget = sz.budget
@@ -353,18 +354,18 @@ func TestRoundTrip(t *testing.T) {
 						t.Skip("short: 2 GiB of data")
 					}
 				}
-				if sz.size == 2*sGiB && pat.name != "empty" && pat.name != "alternating" {
+				if sz.size == 2*sGiB && pat.Name != "empty" && pat.Name != "alternating" {
 					c.compare = true
 				}
 				rng := rand.New(rand.NewPCG(uint64(sz.size), uint64(pi)))
-				s := newSynth(sz.size, pat.make(sz.size, budget, rng), uint64(pi)+7)
+				s := synth.New(sz.size, pat.Make(sz.size, budget, rng), uint64(pi)+7)
 				roundTrip(t, s, Options{Identity: [16]byte{byte(pi)}}, c)
 			})
 		}
 	}
 	t.Run("2TiB+1MiB", func(t *testing.T) {
 		size := 2<<40 + sMiB
-		s := newSynth(size, []formats.Extent{
+		s := synth.New(size, []formats.Extent{
 			{Off: 0, Len: sMiB, Kind: formats.Data},
 			{Off: 1 << 40, Len: 1 << 39, Kind: formats.Zero},
 			{Off: size - sMiB - 4096, Len: sMiB + 4096, Kind: formats.Data},
@@ -374,7 +375,7 @@ func TestRoundTrip(t *testing.T) {
 	t.Run("4K sectors, 1 MiB blocks", func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(5, 5))
 		size := 64*sMiB + 4096
-		ext := patterns[3].make(size, size, rng)
+		ext := synth.Patterns[3].Make(size, size, rng)
 		var clean []formats.Extent
 		var prev int64
 		for _, e := range ext { // 4 KiB-align the random runs
@@ -385,13 +386,13 @@ func TestRoundTrip(t *testing.T) {
 				prev = e.End()
 			}
 		}
-		roundTrip(t, newSynth(size, clean, 3), Options{BlockSize: sMiB, LogicalSectorSize: 4096, PhysicalSectorSize: 512}, checks{mount: true, stream: true})
+		roundTrip(t, synth.New(size, clean, 3), Options{BlockSize: sMiB, LogicalSectorSize: 4096, PhysicalSectorSize: 512}, checks{mount: true, stream: true})
 	})
 }
 
-func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
+func roundTrip(t *testing.T, s *synth.Image, opts Options, c checks) {
 	t0 := time.Now()
-	l, err := Plan(s.size, s.ext, opts)
+	l, err := Plan(s.Len, s.Ext, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +400,7 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 	// Exact accounting: one block per block touched by data.
 	touched := map[int64]bool{}
 	nData := 0
-	for _, e := range s.ext {
+	for _, e := range s.Ext {
 		if e.Kind == formats.Data {
 			nData++
 			for b := e.Off / o.BlockSize; b <= (e.End()-1)/o.BlockSize; b++ {
@@ -413,16 +414,16 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 	}
 	// Thin bound: the data, 1 %, the structures before the blocks, and at
 	// most two partly used blocks per data extent.
-	alloc := s.dataBytes()
+	alloc := s.DataBytes()
 	if bound := alloc + alloc/100 + p.dataOff + 2*int64(nData)*o.BlockSize; l.FileSize() > bound {
 		t.Errorf("FileSize %d > bound %d", l.FileSize(), bound)
 	}
 
 	dir := t.TempDir()
 	file, stream, raw := filepath.Join(dir, "out.vhdx"), filepath.Join(dir, "stream.vhdx"), filepath.Join(dir, "src.raw")
-	writeFile(t, file, l, s)
-	writeStream(t, stream, l, s)
-	sameFiles(t, file, stream)
+	synth.WriteFile(t, file, l, s)
+	synth.WriteStream(t, stream, l, s)
+	synth.SameFiles(t, file, stream)
 	tw := time.Since(t0)
 
 	paths := []string{file}
@@ -439,17 +440,17 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 			f.Close()
 			t.Fatalf("Open %s: %v", filepath.Base(path), err)
 		}
-		sameImage(t, img, s)
+		synth.SameImage(t, img, s)
 		f.Close()
 	}
 	tr := time.Since(t0)
 
-	vhdiSize(t, file, s.size)
+	vhdiSize(t, file, s.Len)
 	if c.qemu {
-		qemuCheck(t, file, s.size)
+		qemuCheck(t, file, s.Len)
 	}
 	if c.compare || c.mount {
-		writeRaw(t, raw, s)
+		synth.WriteRaw(t, raw, s)
 	}
 	if c.compare {
 		oracle.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "vhdx", raw, file)
@@ -458,7 +459,7 @@ func roundTrip(t *testing.T, s *synth, opts Options, c checks) {
 		mountCompare(t, "vhdimount", file, raw)
 	}
 	t.Logf("%d bytes virtual, %d data, file %d: write+stream %v, read back %v, oracles %v",
-		s.size, alloc, l.FileSize(), tw.Round(time.Millisecond), (tr - tw).Round(time.Millisecond), (time.Since(t0) - tr).Round(time.Millisecond))
+		s.Len, alloc, l.FileSize(), tw.Round(time.Millisecond), (tr - tw).Round(time.Millisecond), (time.Since(t0) - tr).Round(time.Millisecond))
 }
 
 // mountCompare mounts image with a libyal FUSE tool and compares the disk
@@ -480,5 +481,12 @@ func mountCompare(t *testing.T, tool, image, raw string) {
 	if err != nil || len(ents) != 1 {
 		t.Fatalf("%s exposes %v (%v), want one file", tool, ents, err)
 	}
-	sameFiles(t, filepath.Join(mnt, ents[0].Name()), raw)
+	synth.SameFiles(t, filepath.Join(mnt, ents[0].Name()), raw)
 }
+
+// Units, from the shared test support.
+const (
+	sKiB = synth.KiB
+	sMiB = synth.MiB
+	sGiB = synth.GiB
+)

@@ -1,9 +1,9 @@
-package qcow2
+package synth
 
-// Test support shared in spirit with formats/vhdx (each package keeps its
-// own copy: format packages do not import each other): a synthetic source
-// image that costs no RAM, allocation patterns, and helpers that write a
-// layout to a sparse file, to a stream, and to a raw reference file.
+// Package synth is test support for the format packages: a synthetic source
+// image that costs no RAM whatever its size, allocation patterns, and
+// helpers that write a layout to a sparse file, to a stream, and to a raw
+// reference file, and compare results. It is imported by tests only.
 
 import (
 	"bytes"
@@ -20,22 +20,24 @@ import (
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
 )
 
+// Binary units.
 const (
-	sKiB = int64(1) << 10
-	sMiB = int64(1) << 20
-	sGiB = int64(1) << 30
+	KiB = int64(1) << 10
+	MiB = int64(1) << 20
+	GiB = int64(1) << 30
 )
 
-// synth is a formats.Image whose Data bytes are a function of their offset
+// Image is a formats.Image whose Data bytes are a function of their offset
 // (so any range can be produced without storing it) and whose Zero and Hole
 // ranges read as zeros.
-type synth struct {
-	size int64
-	ext  []formats.Extent // merged, covering [0, size)
-	seed uint64
+type Image struct {
+	Len  int64
+	Ext  []formats.Extent // merged, covering [0, Len)
+	Seed uint64
 }
 
-func newSynth(size int64, ext []formats.Extent, seed uint64) *synth {
+// New returns an Image of size bytes whose runs are ext (gaps are holes).
+func New(size int64, ext []formats.Extent, seed uint64) *Image {
 	var full []formats.Extent
 	var pos int64
 	add := func(e formats.Extent) {
@@ -55,45 +57,45 @@ func newSynth(size int64, ext []formats.Extent, seed uint64) *synth {
 	if pos < size {
 		add(formats.Extent{Off: pos, Len: size - pos, Kind: formats.Hole})
 	}
-	return &synth{size: size, ext: full, seed: seed}
+	return &Image{Len: size, Ext: full, Seed: seed}
 }
 
-func (s *synth) Size() int64 { return s.size }
+func (s *Image) Size() int64 { return s.Len }
 
-func (s *synth) find(off int64) int {
-	return sort.Search(len(s.ext), func(i int) bool { return s.ext[i].End() > off })
+func (s *Image) find(off int64) int {
+	return sort.Search(len(s.Ext), func(i int) bool { return s.Ext[i].End() > off })
 }
 
-func (s *synth) Extent(off int64) (formats.Extent, error) {
-	if off < 0 || off >= s.size {
+func (s *Image) Extent(off int64) (formats.Extent, error) {
+	if off < 0 || off >= s.Len {
 		return formats.Extent{}, formats.ErrOutOfRange
 	}
-	e := s.ext[s.find(off)]
+	e := s.Ext[s.find(off)]
 	return formats.Extent{Off: off, Len: e.End() - off, Kind: e.Kind}, nil
 }
 
 // word returns the 8 data bytes at offset 8*i (splitmix64).
-func (s *synth) word(i int64) uint64 {
-	z := uint64(i)*0x9e3779b97f4a7c15 + s.seed
+func (s *Image) word(i int64) uint64 {
+	z := uint64(i)*0x9e3779b97f4a7c15 + s.Seed
 	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
 	z = (z ^ z>>27) * 0x94d049bb133111eb
 	return z ^ z>>31 | 1 // never a zero word
 }
 
-func (s *synth) ReadAt(p []byte, off int64) (int, error) {
+func (s *Image) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, formats.ErrOutOfRange
 	}
-	if off >= s.size {
+	if off >= s.Len {
 		return 0, io.EOF
 	}
 	var eof error
-	if int64(len(p)) > s.size-off {
-		p, eof = p[:s.size-off], io.EOF
+	if int64(len(p)) > s.Len-off {
+		p, eof = p[:s.Len-off], io.EOF
 	}
 	total := len(p)
 	for i := s.find(off); len(p) > 0; i++ {
-		e := s.ext[i]
+		e := s.Ext[i]
 		n := min(int64(len(p)), e.End()-off)
 		q := p[:n]
 		if e.Kind != formats.Data {
@@ -106,7 +108,7 @@ func (s *synth) ReadAt(p []byte, off int64) (int, error) {
 	return total, eof
 }
 
-func (s *synth) fill(q []byte, off int64) {
+func (s *Image) fill(q []byte, off int64) {
 	var w [8]byte
 	for len(q) > 0 {
 		if off%8 == 0 && len(q) >= 8 {
@@ -121,9 +123,9 @@ func (s *synth) fill(q []byte, off int64) {
 }
 
 // dataBytes returns the number of Data bytes.
-func (s *synth) dataBytes() int64 {
+func (s *Image) DataBytes() int64 {
 	var n int64
-	for _, e := range s.ext {
+	for _, e := range s.Ext {
 		if e.Kind == formats.Data {
 			n += e.Len
 		}
@@ -131,14 +133,15 @@ func (s *synth) dataBytes() int64 {
 	return n
 }
 
-// pattern builds an extent list for a disk of size bytes holding at most
+// Pattern builds an extent list for a disk of size bytes holding at most
 // budget bytes of data.
-type pattern struct {
-	name string
-	make func(size, budget int64, rng *rand.Rand) []formats.Extent
+type Pattern struct {
+	Name string
+	Make func(size, budget int64, rng *rand.Rand) []formats.Extent
 }
 
-var patterns = []pattern{
+// Patterns are empty, full, alternating (Hole and Zero gaps) and random.
+var Patterns = []Pattern{
 	{"empty", func(size, budget int64, _ *rand.Rand) []formats.Extent { return nil }},
 	{"full", func(size, budget int64, _ *rand.Rand) []formats.Extent {
 		return []formats.Extent{{Off: 0, Len: budget, Kind: formats.Data}}
@@ -192,8 +195,8 @@ var patterns = []pattern{
 	}},
 }
 
-// writeFile writes l into a new sparse file with formats.WriteLayout.
-func writeFile(t testing.TB, path string, l formats.Layout, s formats.Image) {
+// WriteFile writes l into a new sparse file with formats.WriteLayout.
+func WriteFile(t testing.TB, path string, l formats.Layout, s formats.Image) {
 	t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
@@ -211,8 +214,8 @@ func writeFile(t testing.TB, path string, l formats.Layout, s formats.Image) {
 	}
 }
 
-// writeStream writes l through a pipe with formats.StreamLayout into path.
-func writeStream(t testing.TB, path string, l formats.Layout, s formats.Image) {
+// WriteStream writes l through a pipe with formats.StreamLayout into path.
+func WriteStream(t testing.TB, path string, l formats.Layout, s formats.Image) {
 	t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
@@ -239,8 +242,8 @@ func writeStream(t testing.TB, path string, l formats.Layout, s formats.Image) {
 	}
 }
 
-// writeRaw writes the source as a sparse raw file (Data extents only).
-func writeRaw(t testing.TB, path string, s *synth) {
+// WriteRaw writes the source as a sparse raw file (Data extents only).
+func WriteRaw(t testing.TB, path string, s *Image) {
 	t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
@@ -248,7 +251,7 @@ func writeRaw(t testing.TB, path string, s *synth) {
 	}
 	defer f.Close()
 	buf := make([]byte, 4<<20)
-	for _, e := range s.ext {
+	for _, e := range s.Ext {
 		if e.Kind != formats.Data {
 			continue
 		}
@@ -261,7 +264,7 @@ func writeRaw(t testing.TB, path string, s *synth) {
 			done += n
 		}
 	}
-	if err := f.Truncate(s.size); err != nil {
+	if err := f.Truncate(s.Len); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
@@ -269,8 +272,8 @@ func writeRaw(t testing.TB, path string, s *synth) {
 	}
 }
 
-// sameFiles compares two files byte by byte.
-func sameFiles(t testing.TB, a, b string) {
+// SameFiles compares two files byte by byte.
+func SameFiles(t testing.TB, a, b string) {
 	t.Helper()
 	fa, err := os.Open(a)
 	if err != nil {
@@ -296,22 +299,22 @@ func sameFiles(t testing.TB, a, b string) {
 	}
 }
 
-// sameImage checks that got reads like want: every range got calls Data
+// SameImage checks that got reads like want: every range got calls Data
 // is compared byte for byte, and every other range must hold no Data in
 // want.
-func sameImage(t testing.TB, got formats.Image, want *synth) {
+func SameImage(t testing.TB, got formats.Image, want *Image) {
 	t.Helper()
-	if got.Size() != want.size {
-		t.Fatalf("size %d, want %d", got.Size(), want.size)
+	if got.Size() != want.Len {
+		t.Fatalf("size %d, want %d", got.Size(), want.Len)
 	}
 	buf1, buf2 := make([]byte, 4<<20), make([]byte, 4<<20)
 	var gotData int64
 	err := formats.Walk(got, 0, got.Size(), func(e formats.Extent) error {
 		if e.Kind != formats.Data {
 			i := want.find(e.Off)
-			for ; i < len(want.ext) && want.ext[i].Off < e.End(); i++ {
-				if want.ext[i].Kind == formats.Data {
-					return fmt.Errorf("reader says %v for [%d, +%d) but source has data at %d", e.Kind, e.Off, e.Len, max(e.Off, want.ext[i].Off))
+			for ; i < len(want.Ext) && want.Ext[i].Off < e.End(); i++ {
+				if want.Ext[i].Kind == formats.Data {
+					return fmt.Errorf("reader says %v for [%d, +%d) but source has data at %d", e.Kind, e.Off, e.Len, max(e.Off, want.Ext[i].Off))
 				}
 			}
 			return nil
@@ -333,7 +336,7 @@ func sameImage(t testing.TB, got formats.Image, want *synth) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if gotData < want.dataBytes() {
-		t.Fatalf("reader reports %d data bytes, source has %d", gotData, want.dataBytes())
+	if gotData < want.DataBytes() {
+		t.Fatalf("reader reports %d data bytes, source has %d", gotData, want.DataBytes())
 	}
 }
