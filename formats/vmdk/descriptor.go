@@ -28,6 +28,11 @@ type Descriptor struct {
 	Extents            []ExtentLine
 	Header             map[string]string
 	DDB                map[string]string
+	// Lines gives the 1-based line of each header and ddb key (lower
+	// case), so that errors about a field can say where it is.
+	Lines map[string]int
+	// LineCount is the number of lines in the descriptor.
+	LineCount int
 }
 
 // ExtentLine is one extent of a descriptor, in the descriptor's order.
@@ -84,6 +89,7 @@ func ParseDescriptor(name string, data []byte) (*Descriptor, error) {
 		ParentCID: NoParentCID,
 		Header:    map[string]string{},
 		DDB:       map[string]string{},
+		Lines:     map[string]int{},
 	}
 	synErr := func(line int, format string, args ...any) error {
 		e := corrupt(name, "", "", -1, format, args...)
@@ -91,6 +97,10 @@ func ParseDescriptor(name string, data []byte) (*Descriptor, error) {
 		return e
 	}
 	lines := bytes.Split(data, []byte{'\n'})
+	d.LineCount = len(lines)
+	if len(lines[len(lines)-1]) == 0 {
+		d.LineCount-- // the text ends with a newline
+	}
 	for i, raw := range lines {
 		ln := i + 1
 		s := strings.TrimSpace(string(raw)) // also drops the CR of CRLF
@@ -119,6 +129,7 @@ func ParseDescriptor(name string, data []byte) (*Descriptor, error) {
 			return nil, synErr(ln, "%s: expected a value in double quotes or a bare token", quoteLine(s))
 		}
 		lk := strings.ToLower(key)
+		d.Lines[lk] = ln
 		if strings.HasPrefix(lk, "ddb.") {
 			d.DDB[lk] = val
 			continue
@@ -163,7 +174,7 @@ func ParseDescriptor(name string, data []byte) (*Descriptor, error) {
 	if d.ParentFileNameHint != "" {
 		f, err := decodeName(d.Encoding, d.ParentFileNameHint)
 		if err != "" {
-			return nil, &Error{File: name, Struct: "descriptor", Field: "parentFileNameHint", Off: -1, Msg: err, Err: ErrUnsupported}
+			return nil, &Error{File: name, Line: d.Lines["parentfilenamehint"], Struct: "descriptor", Field: "parentFileNameHint", Off: -1, Msg: err, Err: ErrUnsupported}
 		}
 		d.ParentFileNameHint = f
 	}

@@ -226,12 +226,12 @@ func Open(fsys FS, name string, opts Options) (*Disk, error) {
 		key := vol + "\x00" + path.Clean(name)
 		if seen[key] {
 			f.Close()
-			return nil, &Error{File: name, Off: -1, Msg: "chain " + strings.Join(d.Chain(), " -> ") + " -> " + name, Err: ErrLoop}
+			return nil, d.hintError("chain "+strings.Join(d.Chain(), " -> ")+" -> "+name, ErrLoop)
 		}
 		seen[key] = true
 		if len(d.layers) == maxDepth {
 			f.Close()
-			return nil, &Error{File: name, Off: -1, Msg: fmt.Sprintf("more than %d layers", maxDepth), Err: ErrTooDeep}
+			return nil, d.hintError(fmt.Sprintf("more than %d layers", maxDepth), ErrTooDeep)
 		}
 		l, err := openLayer(d, curFS, name, f)
 		if err != nil {
@@ -246,6 +246,10 @@ func Open(fsys FS, name string, opts Options) (*Disk, error) {
 		var pname string
 		curFS, vol, pname, f, err = findParent(curFS, vol, name, hint, opts)
 		if err != nil {
+			var e *Error
+			if errors.As(err, &e) && e.File == name && e.Field == "parentFileNameHint" && l.info.Descriptor != nil {
+				e.Line = l.info.Descriptor.Lines["parentfilenamehint"]
+			}
 			return nil, err
 		}
 		name = pname
@@ -254,8 +258,17 @@ func Open(fsys FS, name string, opts Options) (*Disk, error) {
 	for i := 0; i+1 < len(d.layers); i++ {
 		c, p := d.layers[i].info, d.layers[i+1].info
 		if !opts.IgnoreCID && c.ParentCID != p.CID {
-			return nil, &Error{File: c.Name, Struct: "descriptor", Field: "parentCID", Off: -1,
+			e := &Error{File: c.Name, Struct: "descriptor", Field: "parentCID", Off: -1,
 				Msg: fmt.Sprintf("parentCID %08x, but parent %s has CID %08x", c.ParentCID, p.Name, p.CID), Err: ErrCIDMismatch}
+			if desc := c.Descriptor; desc != nil {
+				e.Line = desc.Lines["parentcid"]
+				if !desc.HasParentCID {
+					// Point at the line that names the parent.
+					e.Line = desc.Lines["parentfilenamehint"]
+					e.Msg = fmt.Sprintf("no parentCID line, but a parent (%s, CID %08x)", p.Name, p.CID)
+				}
+			}
+			return nil, e
 		}
 	}
 	for _, fe := range d.layers[len(d.layers)-1].flats {
@@ -264,6 +277,19 @@ func Open(fsys FS, name string, opts Options) (*Disk, error) {
 	d.size = d.layers[0].size()
 	ok = true
 	return d, nil
+}
+
+// hintError reports a chain problem (a loop, too many layers) at the
+// parentFileNameHint of the last layer opened: the link that leads there.
+func (d *Disk) hintError(msg string, sentinel error) *Error {
+	last := d.layers[len(d.layers)-1].info
+	e := &Error{File: last.Name, Struct: "descriptor", Field: "parentFileNameHint", Off: -1, Msg: msg, Err: sentinel}
+	if last.Descriptor != nil {
+		e.Line = last.Descriptor.Lines["parentfilenamehint"]
+	} else {
+		e.Struct, e.Field = "", ""
+	}
+	return e
 }
 
 // findParent resolves a parentFileNameHint written in child (a file of the

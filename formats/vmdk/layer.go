@@ -136,10 +136,14 @@ func descriptorLayer(d *Disk, fsys FS, name string, desc *Descriptor) (*layer, e
 	l.setDescriptor(desc)
 	ct := strings.ToLower(desc.CreateType)
 	if notConvertible[ct] {
-		return nil, &Error{File: name, Struct: "descriptor", Field: "createType", Off: -1, Msg: fmt.Sprintf("%q", desc.CreateType), Err: ErrNotConvertible}
+		return nil, &Error{File: name, Line: desc.Lines["createtype"], Struct: "descriptor", Field: "createType", Off: -1, Msg: fmt.Sprintf("%q", desc.CreateType), Err: ErrNotConvertible}
 	}
 	if len(desc.Extents) == 0 {
-		return nil, &Error{File: name, Struct: "descriptor", Off: -1, Msg: "no extents", Err: ErrCorrupt}
+		e := &Error{File: name, Line: desc.LineCount, Struct: "descriptor", Off: -1, Msg: "no extent line up to the last line", Err: ErrCorrupt}
+		if desc.LineCount == 0 {
+			e.Off, e.Msg = 0, "empty: no extent line"
+		}
+		return nil, e
 	}
 	if l.info.Provisioning == "" {
 		switch {
