@@ -84,9 +84,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		EnableBashCompletion: true,
 		// --disk and --snapshot specs contain commas.
 		DisableSliceFlagSeparator: true,
-		HideHelpCommand:           true,
-		CustomAppHelpTemplate:     cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
-		ExitErrHandler:            func(*cli.Context, error) {}, // main decides the exit code
+		// ls -lR, convert -qj 4 …
+		UseShortOptionHandling: true,
+		HideHelpCommand:        true,
+		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
+		ExitErrHandler:         func(*cli.Context, error) {}, // main decides the exit code
 		Commands: []*cli.Command{
 			infoCommand(),
 			lsCommand(),
