@@ -24,6 +24,7 @@ func convertCommand() *cli.Command {
 		&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Usage: "output format: raw, vhd, vhdx, qcow2 (default: from OUTPUT's extension; required for -)"},
 		&cli.StringFlag{Name: "subformat", Usage: "vhd: dynamic (default) or fixed"},
 		&cli.BoolFlag{Name: "azure", Usage: "vhd: fixed VHD with the size rounded up to a whole MiB, as Azure requires"},
+		&cli.StringFlag{Name: "vhd-creator", Usage: "vhd: creator application recorded in the footer (default \"win \"; \"tap\" lets XenServer resize the disk)"},
 		&cli.StringFlag{Name: "cluster-size", Usage: "qcow2 cluster size (default 64KiB)"},
 		&cli.StringFlag{Name: "compat", Usage: "qcow2 version: 1.1 (v3, default) or 0.10 (v2)"},
 		&cli.StringFlag{Name: "block-size", Usage: "vhdx block size (default 32MiB)"},
@@ -136,7 +137,11 @@ func isBadRangeExit(err error) bool {
 }
 
 func formatOptionsFrom(c *cli.Context) (formatOptions, error) {
-	o := formatOptions{subformat: c.String("subformat"), azure: c.Bool("azure"), compat: c.String("compat"), sectorSize: int64(c.Int("sector-size"))}
+	o := formatOptions{subformat: c.String("subformat"), azure: c.Bool("azure"), compat: c.String("compat"),
+		sectorSize: int64(c.Int("sector-size")), vhdCreator: c.String("vhd-creator")}
+	if len(o.vhdCreator) > 4 {
+		return o, usageErrorf("--vhd-creator %q: at most 4 bytes", o.vhdCreator)
+	}
 	var err error
 	if s := c.String("cluster-size"); s != "" {
 		if o.clusterSize, err = parseSize(s); err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -485,5 +486,25 @@ func TestInfoFree(t *testing.T) {
 				t.Errorf("free = %v, want %d", got.Free, want)
 			}
 		})
+	}
+}
+
+// --vhd-creator tap (for XenServer) keeps the exact size for qemu and
+// libvhdi.
+func TestVHDCreatorTap(t *testing.T) {
+	ds := buildDatastore(t, testimages.IssueSpec(5))
+	o := filepath.Join(t.TempDir(), "x.vhd")
+	if code, _, stderr := runCLI(t, "convert", "-q", "--verify", "--vhd-creator", "tap", ds.volume, "vm1/vm1.vmdk", o); code != 0 {
+		t.Fatal(stderr)
+	}
+	info := string(oracle.Run(t, "qemu-img", "info", "-f", "vpc", o))
+	if !strings.Contains(info, "(67108864 bytes)") {
+		t.Errorf("qemu-img info:\n%s", info)
+	}
+	if out := string(oracle.Run(t, "vhdiinfo", o)); !strings.Contains(out, "(67108864 bytes)") {
+		t.Errorf("vhdiinfo:\n%s", out)
+	}
+	if b, _ := os.ReadFile(o); !bytes.Contains(b[len(b)-512:], []byte("tap\x00")) {
+		t.Error("the footer does not record creator tap")
 	}
 }

@@ -19,7 +19,8 @@ import (
 type formatOptions struct {
 	subformat   string // vhd: dynamic (default) or fixed
 	azure       bool
-	clusterSize int64 // qcow2
+	vhdCreator  string // vhd: creator application (≤ 4 bytes)
+	clusterSize int64  // qcow2
 	compat      string
 	blockSize   int64 // vhdx
 	sectorSize  int64
@@ -52,7 +53,7 @@ func init() {
 	registerFormat(&outputFormat{
 		name: "vhd", exts: []string{".vhd", ".vpc"},
 		plan: func(size int64, ext []formats.Extent, o formatOptions) (formats.Layout, []string, error) {
-			opts := vhd.Options{Azure: o.azure}
+			opts := vhd.Options{Azure: o.azure, CreatorApp: o.vhdCreator}
 			switch o.subformat {
 			case "", "dynamic":
 				if o.azure {
