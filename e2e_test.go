@@ -508,3 +508,22 @@ func TestVHDCreatorTap(t *testing.T) {
 		t.Error("the footer does not record creator tap")
 	}
 }
+
+// A volume with a live heartbeat: info says so, convert warns and goes on.
+func TestLiveVolumeWarning(t *testing.T) {
+	spec := testimages.IssueSpec(6)
+	spec.LiveHeartbeat = true
+	ds := buildDatastore(t, spec)
+	code, out, _ := runCLI(t, "info", ds.volume)
+	if code != 0 || !strings.Contains(out, "in use:      yes") {
+		t.Errorf("info: exit %d\n%s", code, out)
+	}
+	o := filepath.Join(t.TempDir(), "x.raw")
+	code, _, stderr := runCLI(t, "convert", "-q", ds.volume, "vm3/vm3.vmdk", o)
+	if code != 0 || !strings.Contains(stderr, "warning: the volume was in use by host") {
+		t.Errorf("convert: exit %d, stderr %q", code, stderr)
+	}
+	if sha256File(t, o) != manifestDisk(ds.m, "vm3/vm3.vmdk").SHA256 {
+		t.Error("output differs from the manifest")
+	}
+}
