@@ -131,6 +131,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 }
 
 func main() {
+	// A soft heap limit above the live set (copy buffers, metadata caches:
+	// ~40 MiB on a 4-layer chain) keeps garbage from doubling it; measured
+	// on the chain workload: 53 MiB peak RSS instead of 75, in the same
+	// time. GOMEMLIMIT overrides it.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(48 << 20)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()

@@ -107,11 +107,34 @@ func chunks(l formats.Layout, size int64, yield func(chunk) bool) error {
 	return nil
 }
 
-// pool hands out chunk buffers; at most jobs+2 exist at once.
-type pool struct{ p sync.Pool }
+// pool hands out chunk buffers. It keeps every buffer it gets back (at most
+// as many as can be in flight: jobs+2), so a conversion allocates its
+// buffers once — a sync.Pool would drop them at every GC and reallocate
+// 4 MiB at a time, which is what made the heap grow.
+type pool struct {
+	size int64
+	free chan *[]byte
+}
 
-func newPool(size int64) *pool {
-	return &pool{sync.Pool{New: func() any { b := make([]byte, size); return &b }}}
+func newPool(size int64, keep int) *pool {
+	return &pool{size: size, free: make(chan *[]byte, keep)}
+}
+
+func (p *pool) get() *[]byte {
+	select {
+	case b := <-p.free:
+		return b
+	default:
+		b := make([]byte, p.size)
+		return &b
+	}
+}
+
+func (p *pool) put(b *[]byte) {
+	select {
+	case p.free <- b:
+	default:
+	}
 }
 
 // readChunk fills c.buf from src.
@@ -179,7 +202,7 @@ func run(parent context.Context, l formats.Layout, src io.ReaderAt, opts Options
 	jobs := opts.jobs()
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	bufs := newPool(size)
+	bufs := newPool(size, jobs+2)
 	var read atomic.Int64
 
 	work := make(chan *chunk)
@@ -212,7 +235,7 @@ func run(parent context.Context, l formats.Layout, src io.ReaderAt, opts Options
 				if c.err == nil {
 					c.err = emit(c)
 				}
-				bufs.p.Put(c.buf)
+				bufs.put(c.buf)
 				if c.err != nil {
 					cancel(c.err)
 				}
@@ -230,7 +253,7 @@ func run(parent context.Context, l formats.Layout, src io.ReaderAt, opts Options
 					err = emit(c)
 				}
 				if c.buf != nil {
-					bufs.p.Put(c.buf)
+					bufs.put(c.buf)
 				}
 				if err != nil {
 					cancel(err)
@@ -264,13 +287,13 @@ func run(parent context.Context, l formats.Layout, src io.ReaderAt, opts Options
 			}
 			return true
 		}
-		cp.buf = bufs.p.Get().(*[]byte)
+		cp.buf = bufs.get()
 		if ordered {
 			cp.done = make(chan struct{})
 			select {
 			case pending <- cp:
 			case <-ctx.Done():
-				bufs.p.Put(cp.buf)
+				bufs.put(cp.buf)
 				return false
 			}
 		}
@@ -281,7 +304,7 @@ func run(parent context.Context, l formats.Layout, src io.ReaderAt, opts Options
 				cp.err = context.Cause(ctx)
 				close(cp.done)
 			} else {
-				bufs.p.Put(cp.buf)
+				bufs.put(cp.buf)
 			}
 			return false
 		}

@@ -288,7 +288,7 @@ func (c *gtCache) put(k int64, t []uint64) {
 }
 
 // gtCacheBytes bounds the decoded tables cached per sparse extent.
-const gtCacheBytes = 8 << 20
+const gtCacheBytes = 4 << 20
 
 // readGD reads n directory entries of size entry bytes at off and turns
 // each non-zero one into a grain-table byte offset with toOff, checking the
