@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	tsynth "github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 	"io"
 	"os"
 	"os/exec"
@@ -122,32 +123,6 @@ func writeVHD(t *testing.T, path, stream string, src *synth, opts Options) (*Lay
 		}
 	}
 	return l, nil
-}
-
-// sameFiles compares two files byte by byte.
-func sameFiles(t *testing.T, a, b string) {
-	t.Helper()
-	fa, err := os.Open(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fa.Close()
-	fb, err := os.Open(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fb.Close()
-	ba, bb := make([]byte, 4<<20), make([]byte, 4<<20)
-	for off := int64(0); ; off += int64(len(ba)) {
-		na, ea := io.ReadFull(fa, ba)
-		nb, _ := io.ReadFull(fb, bb)
-		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
-			t.Fatalf("%s and %s differ in [%d, +%d)", a, b, off, len(ba))
-		}
-		if ea != nil {
-			return
-		}
-	}
 }
 
 func qemuSize(t *testing.T, path string) int64 {
@@ -340,7 +315,7 @@ func TestOraclesAzure(t *testing.T) {
 			// The larger VHD compares equal to the raw image: qemu-img
 			// accepts a size difference whose excess reads as zeros.
 			qemuCompare(t, path, ref)
-			sameFiles(t, path, filepath.Join(dir, "stream.vhd"))
+			tsynth.SameFiles(t, path, filepath.Join(dir, "stream.vhd"))
 		})
 	}
 }
