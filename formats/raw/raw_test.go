@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	tsynth "github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
-	"syscall"
 	"testing"
 	"testing/iotest"
 
@@ -201,17 +201,6 @@ func TestOpen(t *testing.T) {
 	})
 }
 
-func diskUsage(t *testing.T, path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Blocks * 512
-	}
-	return fi.Size()
-}
-
 // TestWrite writes raw images of several sizes and patterns as sparse files
 // and as streams; qemu-img judges the size and allocation, the reader (with
 // SEEK_DATA) the content and holes.
@@ -252,7 +241,7 @@ func TestWrite(t *testing.T) {
 						data += e.Len
 					}
 				}
-				if du := diskUsage(t, path); du > data*101/100+int64(2*len(src.ext)+1)*4096 {
+				if du := tsynth.DiskUsage(t, path); du > data*101/100+int64(2*len(src.ext)+1)*4096 {
 					t.Errorf("disk usage %d for %d data bytes", du, data)
 				}
 

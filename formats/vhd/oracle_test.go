@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"syscall"
 	"testing"
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
@@ -174,18 +173,6 @@ func qemuCheck(t *testing.T, path string) {
 	}
 }
 
-func diskUsage(t *testing.T, path string) int64 {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Blocks * 512
-	}
-	return fi.Size()
-}
-
 // TestOracles writes VHDs of several sizes and allocation patterns, as
 // files and as streams, and has qemu-img and libvhdi judge them.
 func TestOracles(t *testing.T) {
@@ -283,10 +270,10 @@ func checkOutput(t *testing.T, dir, ref string, src *synth, opts Options) {
 			runs++
 		}
 	}
-	if du, max := diskUsage(t, path), data*101/100+int64(2*runs+l.Blocks+4)*4096+meta; du > max {
+	if du, max := tsynth.DiskUsage(t, path), data*101/100+int64(2*runs+l.Blocks+4)*4096+meta; du > max {
 		t.Errorf("disk usage %d > %d (data %d)", du, max, data)
 	}
-	t.Logf("size %d data %d file %d disk usage %d blocks %d", l.Size, data, l.FileSize(), diskUsage(t, path), l.Blocks)
+	t.Logf("size %d data %d file %d disk usage %d blocks %d", l.Size, data, l.FileSize(), tsynth.DiskUsage(t, path), l.Blocks)
 }
 
 // TestOraclesAzure checks the Azure rounding with qemu-img and libvhdi.

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"syscall"
 	"testing"
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
@@ -339,4 +340,49 @@ func SameImage(t testing.TB, got formats.Image, want *Image) {
 	if gotData < want.DataBytes() {
 		t.Fatalf("reader reports %d data bytes, source has %d", gotData, want.DataBytes())
 	}
+}
+
+// WriteBoth writes l to dir/out.EXT as a sparse file and to dir/stream.EXT
+// as a stream, checks they are byte-identical, and reads back the file (and
+// the stream too when readStream is set) with open, comparing with want. It
+// returns the two paths.
+func WriteBoth(t testing.TB, dir, ext string, l formats.Layout, want *Image, readStream bool,
+	open func(r io.ReaderAt, size int64) (formats.Image, error)) (file, stream string) {
+	t.Helper()
+	file, stream = filepath.Join(dir, "out."+ext), filepath.Join(dir, "stream."+ext)
+	WriteFile(t, file, l, want)
+	WriteStream(t, stream, l, want)
+	SameFiles(t, file, stream)
+	paths := []string{file}
+	if readStream {
+		paths = append(paths, stream)
+	}
+	for _, path := range paths {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := open(f, l.FileSize())
+		if err != nil {
+			f.Close()
+			t.Fatalf("Open %s: %v", filepath.Base(path), err)
+		}
+		SameImage(t, img, want)
+		f.Close()
+	}
+	return file, stream
+}
+
+// DiskUsage is the space a file takes on disk (its size where the
+// filesystem does not say).
+func DiskUsage(t testing.TB, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
 }
