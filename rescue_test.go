@@ -90,10 +90,10 @@ func TestRescueBadSectors(t *testing.T) {
 	// The largest device read is the disk's data; put bad sectors inside it.
 	sort.Slice(rec.reads, func(i, j int) bool { return rec.reads[i][1]-rec.reads[i][0] > rec.reads[j][1]-rec.reads[j][0] })
 	p := rec.reads[0][0]
-	if rec.reads[0][1]-p < 4<<20 {
+	if rec.reads[0][1]-p < 2<<20 {
 		t.Fatalf("largest read is only %d bytes", rec.reads[0][1]-p)
 	}
-	flaky := &flakyDevice{bad: [][2]int64{{p + 1<<20 + 700, p + 1<<20 + 1700}, {p + 3<<20, p + 3<<20 + 64<<10}}}
+	flaky := &flakyDevice{bad: [][2]int64{{p + 512<<10 + 700, p + 512<<10 + 1700}, {p + 3<<19, p + 3<<19 + 64<<10}}}
 	out := filepath.Join(dir, "rescued.raw")
 	list := filepath.Join(dir, "bad.txt")
 	code, stdout, stderr := runWithDevices(t, flaky, "convert", "-q", "--rescue", "--json", "--bad-ranges", list, img, disk, out)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
 )
@@ -258,5 +259,44 @@ func TestRandomLayouts(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("layout %d: seekable output differs", i)
 		}
+	}
+}
+
+// serialWriter records into a buffer and fails the test if two WriteAt
+// calls overlap in time.
+type serialWriter struct {
+	t      *testing.T
+	busy   atomic.Bool
+	data   []byte
+	writes atomic.Int64
+}
+
+func (w *serialWriter) WriteAt(p []byte, off int64) (int, error) {
+	if !w.busy.CompareAndSwap(false, true) {
+		w.t.Error("WriteAt called while another WriteAt was running")
+	}
+	defer w.busy.Store(false)
+	w.writes.Add(1)
+	time.Sleep(100 * time.Microsecond) // let the readers catch up
+	copy(w.data[off:], p)
+	return len(p), nil
+}
+
+// TestWriteOneWriter checks that Write has one writer however many readers
+// run: concurrent writers to one file only contend for its inode lock.
+func TestWriteOneWriter(t *testing.T) {
+	const size = 9 << 20
+	src := &pattern{size: size}
+	l, _ := testLayout(size)
+	want := expected(t, l, src)
+	w := &serialWriter{t: t, data: make([]byte, l.FileSize())}
+	if _, err := Write(context.Background(), w, l, src, Options{Jobs: 8, ChunkSize: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(w.data, want) {
+		t.Fatal("output differs from the reference writer")
+	}
+	if w.writes.Load() < 100 {
+		t.Fatalf("%d writes; want one per 64 KiB chunk", w.writes.Load())
 	}
 }
