@@ -15,10 +15,11 @@ import (
 // Tools of the timing table.
 const (
 	toolOurs    = "ours"
-	toolFuse    = "fuse"     // vmfs-fuse + qemu-img convert from the mount
-	toolPlain   = "plain"    // qemu-img convert from a plain-filesystem copy
-	toolCatNull = "cat>null" // cat of the extents to /dev/null
-	toolCatFile = "cat>file" // cat of the extents to a file
+	toolFuse    = "fuse"          // vmfs-fuse + qemu-img convert from the mount
+	toolPlain   = "plain"         // qemu-img convert from a plain-filesystem copy
+	toolCatNull = "cat>null"      // cat of the extents to /dev/null
+	toolCatFile = "cat>file"      // cat of the extents to a file
+	toolOursCat = "ours cat>null" // vmfs2vhd cat of the flat extent on the volume to /dev/null
 )
 
 // key names a cell: a workload, a tool and an output format ("" when the
@@ -89,6 +90,27 @@ func (r *results) median(k key) (time.Duration, bool) {
 		return d[len(d)/2], true
 	}
 	return (d[len(d)/2-1] + d[len(d)/2]) / 2, true
+}
+
+// cpuMedian is the median user+system time of a cell.
+func (r *results) cpuMedian(k key) (time.Duration, bool) {
+	s := r.cells[k]
+	if len(s) == 0 || r.failed[k] || r.timedOut(k) {
+		return 0, false
+	}
+	d := make([]time.Duration, len(s))
+	for i, x := range s {
+		d[i] = x.cpu
+	}
+	slices.Sort(d)
+	return d[len(d)/2], true
+}
+
+func cpuSecs(d time.Duration, ok bool) string {
+	if !ok {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", d.Seconds())
 }
 
 // peakRSS is the largest peak RSS of a cell's runs in KiB.
@@ -189,12 +211,14 @@ func (r *results) markdown() string {
 	p("- total run time: %s\n\n", r.elapsed.Round(time.Second))
 	p("## Method\n\n")
 	p("- Page cache: %s.\n", map[bool]string{true: "**dropped** (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed run", false: "**not dropped** (warm: sources are in the page cache after the first run; -drop-caches to drop them)"}[r.cfg.dropCaches])
-	p("- Times are wall clock of the command plus an fsync of its output file; outputs are deleted (untimed) after every run.\n")
+	p("- Times are wall clock of the command plus an fsync of its output file; outputs are deleted (untimed) after every run, and `sync` runs (untimed) before every run so that no run pays for the writeback of another. CPU is the child's user + system time (median), which the disk's noise does not move.\n")
+	p("- The first cell of every workload runs once, untimed, before the first repetition.\n")
 	p("- Runs alternate order: forward on even repetitions, backward on odd ones; a run slower than %s is not repeated; a run is killed after %s and shown as `> T` (ratios against it as `< x`).\n", r.cfg.slow, r.cfg.timeout)
 	p("- ours: `vmfs2vhd convert -q -f FMT VOLUME DISK OUT`. fuse: `vmfs-fuse`/`vmfs6-fuse` mount (not timed) + `qemu-img convert -O raw|vpc|vhdx|qcow2 MNT/DISK OUT`. plain: `qemu-img convert` from a sparse plain-filesystem copy of the VM folder (made once with `vmfs2vhd cat`, zeros left as holes; not timed). cat: `cat` of the chain's extents of the plain copy to /dev/null and to a file (only when the extents total at most %d GiB).\n", catMax>>30)
 	p("- On disks over %d GiB the FUSE pipeline is run to raw only (it reads every byte through FUSE whatever the output format); ratios against it are marked *.\n", fuseAllFormatsMax>>30)
 	p("- Peak RSS is the child's ru_maxrss (for the FUSE pipeline: qemu-img's; the FUSE daemon is not counted).\n\n")
 	r.timingTable(p)
+	r.catTable(p)
 	r.metaTable(p)
 	p("## Targets\n\n")
 	for _, t := range r.targets() {
@@ -230,9 +254,9 @@ func (r *results) convWorkloads() iter.Seq[string] {
 }
 
 func (r *results) timingTable(p func(string, ...any)) {
-	p("## Conversions (median seconds, ratios, peak RSS MiB)\n\n")
-	p("| workload | fmt | ours | fuse | plain | cat>null | cat>file | ours/fuse | ours/plain | ours/cat | RSS ours | RSS fuse | RSS plain |\n")
-	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	p("## Conversions (median seconds, ratios, CPU seconds, peak RSS MiB)\n\n")
+	p("| workload | fmt | ours | fuse | plain | cat>null | cat>file | ours/fuse | ours/plain | ours/cat | CPU ours | CPU plain | RSS ours | RSS fuse | RSS plain |\n")
+	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for wl := range r.convWorkloads() {
 		for _, f := range formats {
 			ours := key{wl, toolOurs, f}
@@ -250,6 +274,8 @@ func (r *results) timingTable(p func(string, ...any)) {
 				vsFuse,
 				r.ratioCell(ours, key{wl, toolPlain, f}),
 				r.ratioCell(ours, r.floorKey(wl)),
+				cpuSecs(r.cpuMedian(ours)),
+				cpuSecs(r.cpuMedian(key{wl, toolPlain, f})),
 				mib(r.peakRSS(ours)),
 				mib(r.peakRSS(key{wl, toolFuse, f})),
 				mib(r.peakRSS(key{wl, toolPlain, f})),
@@ -258,6 +284,26 @@ func (r *results) timingTable(p func(string, ...any)) {
 		}
 	}
 	p("\n")
+}
+
+// catTable is issue 3's measure: `vmfs2vhd cat` of the 1 GiB eager flat
+// file on the volume against `cat` of the same file on a plain filesystem.
+func (r *results) catTable(p func(string, ...any)) {
+	var rows []string
+	for wl := range r.convWorkloads() {
+		ours, plain := key{wl, toolOursCat, ""}, key{wl, toolCatNull, ""}
+		if _, ok := r.cells[ours]; !ok {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s |", wl, r.secs(ours), r.secs(plain),
+			r.ratioCell(ours, plain), cpuSecs(r.cpuMedian(ours)), cpuSecs(r.cpuMedian(plain))))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("## Reading the flat file to /dev/null (issue 3; median seconds)\n\n")
+	p("`vmfs2vhd cat VOLUME vm1/vm1-flat.vmdk` of the dense workload's flat extent on the volume against `cat` of the same file in the plain copy, both from the page cache.\n\n")
+	p("| workload | vmfs2vhd cat | cat | ratio | CPU vmfs2vhd cat | CPU cat |\n|---|--:|--:|--:|--:|--:|\n%s\n\n", strings.Join(rows, "\n"))
 }
 
 func (r *results) metaTable(p func(string, ...any)) {

@@ -18,8 +18,9 @@ import (
 // sample is one timed run.
 type sample struct {
 	wall     time.Duration
-	rssKiB   int64 // peak RSS of the child (Linux: KiB)
-	timedOut bool  // killed at the run timeout: wall is a lower bound
+	cpu      time.Duration // user + system time of the child
+	rssKiB   int64         // peak RSS of the child (Linux: KiB)
+	timedOut bool          // killed at the run timeout: wall is a lower bound
 }
 
 // job is one command to time: the process, where its stdout goes and the
@@ -44,6 +45,10 @@ func (r *runner) time(j job) (sample, error) {
 		if err := dropCaches(); err != nil {
 			return sample{}, err
 		}
+	} else {
+		// Untimed: what earlier runs left dirty (and the discards of the
+		// outputs they deleted) is not charged to this one.
+		syscall.Sync()
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
 	defer cancel()
@@ -76,6 +81,7 @@ func (r *runner) time(j job) (sample, error) {
 	}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		s.rssKiB = ru.Maxrss
+		s.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
 	if r.verbose {
 		fmt.Fprintf(os.Stderr, "    %6.3fs %6d KiB  %s\n", wall.Seconds(), s.rssKiB, strings.Join(j.argv, " "))
