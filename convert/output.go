@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 )
 
 // ErrExists reports an output file that exists and may not be replaced.
@@ -19,6 +21,59 @@ type Output struct {
 	path  string
 	force bool
 	done  bool
+
+	// Early writeback: every flushEvery bytes written the flusher goroutine
+	// asks the kernel to start writing the file's dirty pages, so the disk
+	// works while the conversion copies instead of all at Commit's fsync.
+	dirty   atomic.Int64
+	kick    chan struct{}
+	flusher sync.WaitGroup
+}
+
+// flushEvery is how much is written between two early-writeback requests.
+// Without them the kernel starts writing only when a tenth of memory is
+// dirty, so a conversion of a few GiB copies everything first and then
+// waits for the whole fsync; with them 1 GiB to ext4 took 0.5 s instead of
+// 0.75 s (bench/README.md).
+const flushEvery = 32 << 20
+
+// WriteAt writes to the file and requests writeback of what is dirty every
+// flushEvery bytes.
+func (o *Output) WriteAt(p []byte, off int64) (int, error) {
+	n, err := o.File.WriteAt(p, off)
+	if o.dirty.Add(int64(n)) >= flushEvery {
+		o.dirty.Store(0)
+		select {
+		case o.kick <- struct{}{}:
+		default: // a request is pending already
+		}
+	}
+	return n, err
+}
+
+// startFlusher runs the goroutine that turns kicks into writeback requests.
+func (o *Output) startFlusher() {
+	o.kick = make(chan struct{}, 1)
+	rc, err := o.File.SyscallConn()
+	if err != nil {
+		return // WriteAt's kicks then fill the channel and are dropped
+	}
+	o.flusher.Add(1)
+	go func() {
+		defer o.flusher.Done()
+		for range o.kick {
+			rc.Control(startWriteback)
+		}
+	}()
+}
+
+// stopFlusher ends the flusher goroutine before the file is closed.
+func (o *Output) stopFlusher() {
+	if o.kick != nil {
+		close(o.kick)
+		o.flusher.Wait()
+		o.kick = nil
+	}
 }
 
 // CreateOutput starts writing path. Unless force is set an existing path is
@@ -39,7 +94,9 @@ func CreateOutput(path string, force bool) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Output{File: f, path: path, force: force}, nil
+	o := &Output{File: f, path: path, force: force}
+	o.startFlusher()
+	return o, nil
 }
 
 // Path is the final name.
@@ -50,6 +107,7 @@ func (o *Output) Commit(size int64) error {
 	if o.done {
 		return errors.New("convert: output already committed or aborted")
 	}
+	o.stopFlusher()
 	if err := o.Truncate(size); err != nil {
 		o.Abort()
 		return err
@@ -95,6 +153,7 @@ func (o *Output) Abort() {
 		return
 	}
 	o.done = true
+	o.stopFlusher()
 	o.File.Close()
 	os.Remove(o.Name())
 }
