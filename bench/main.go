@@ -296,6 +296,16 @@ func (b *bench) workload(ctx context.Context, w workload) error {
 			cells = append(cells, cell{key{w.name, toolPlain, f}, job{argv: qemuConvert(f, plainDisk, o), output: o}})
 		}
 	}
+	if w.twin != nil {
+		twin := filepath.Join(dir, "twin.img")
+		if _, err := run(ctx, append([]string{b.bin}, w.mkimage(w.twin, twin)...)...); err != nil {
+			return err
+		}
+		for _, f := range formats {
+			o := out("twin", f)
+			cells = append(cells, cell{key{w.name, toolOursTwin, f}, job{argv: []string{b.bin, "convert", "-q", "-f", f, twin, w.disk, o}, output: o}})
+		}
+	}
 	if len(extents) > 0 && apparentSize(extents) <= catMax {
 		argv := append([]string{"cat"}, extents...)
 		o := out("cat", "out")

@@ -14,12 +14,13 @@ import (
 
 // Tools of the timing table.
 const (
-	toolOurs    = "ours"
-	toolFuse    = "fuse"          // vmfs-fuse + qemu-img convert from the mount
-	toolPlain   = "plain"         // qemu-img convert from a plain-filesystem copy
-	toolCatNull = "cat>null"      // cat of the extents to /dev/null
-	toolCatFile = "cat>file"      // cat of the extents to a file
-	toolOursCat = "ours cat>null" // vmfs2vhd cat of the flat extent on the volume to /dev/null
+	toolOurs     = "ours"
+	toolFuse     = "fuse"          // vmfs-fuse + qemu-img convert from the mount
+	toolPlain    = "plain"         // qemu-img convert from a plain-filesystem copy
+	toolCatNull  = "cat>null"      // cat of the extents to /dev/null
+	toolCatFile  = "cat>file"      // cat of the extents to a file
+	toolOursCat  = "ours cat>null" // vmfs2vhd cat of the flat extent on the volume to /dev/null
+	toolOursTwin = "ours twin"     // ours on the twin datastore (thin, beside thin-2x)
 )
 
 // key names a cell: a workload, a tool and an output format ("" when the
@@ -219,6 +220,7 @@ func (r *results) markdown() string {
 	p("- Peak RSS is the child's ru_maxrss (for the FUSE pipeline: qemu-img's; the FUSE daemon is not counted).\n\n")
 	r.timingTable(p)
 	r.catTable(p)
+	r.twinTable(p)
 	r.metaTable(p)
 	p("## Targets\n\n")
 	for _, t := range r.targets() {
@@ -304,6 +306,27 @@ func (r *results) catTable(p func(string, ...any)) {
 	p("## Reading the flat file to /dev/null (issue 3; median seconds)\n\n")
 	p("`vmfs2vhd cat VOLUME vm1/vm1-flat.vmdk` of the dense workload's flat extent on the volume against `cat` of the same file in the plain copy, both from the page cache.\n\n")
 	p("| workload | vmfs2vhd cat | cat | ratio | CPU vmfs2vhd cat | CPU cat |\n|---|--:|--:|--:|--:|--:|\n%s\n\n", strings.Join(rows, "\n"))
+}
+
+// twinTable shows thin-2x against thin converted in the same rounds.
+func (r *results) twinTable(p func(string, ...any)) {
+	var rows []string
+	for wl := range r.convWorkloads() {
+		for _, f := range formats {
+			ours, twin := key{wl, toolOurs, f}, key{wl, toolOursTwin, f}
+			if _, ok := r.cells[twin]; !ok {
+				continue
+			}
+			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", wl, f, r.secs(ours), r.secs(twin),
+				r.ratioCell(ours, twin), cpuSecs(r.cpuMedian(ours)), cpuSecs(r.cpuMedian(twin))))
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("## Cost follows data: thin-2x against thin in the same rounds (median seconds)\n\n")
+	p("The thin-2x workload also builds the thin datastore and converts both in alternating runs, so the ratio does not depend on how the machine did minutes apart.\n\n")
+	p("| workload | fmt | thin-2x | thin | ratio | CPU thin-2x | CPU thin |\n|---|---|--:|--:|--:|--:|--:|\n%s\n\n", strings.Join(rows, "\n"))
 }
 
 func (r *results) metaTable(p func(string, ...any)) {

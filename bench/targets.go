@@ -53,6 +53,10 @@ func (r *results) targets() []string {
 				}
 				ratioTarget(what, ours, fk, 0.05, false)
 			case kindThin2x:
+				if twin := (key{wl, toolOursTwin, f}); len(r.cells[twin]) > 0 {
+					ratioTarget(fmt.Sprintf("%s %s ours / thin ours in the same rounds", wl, f), ours, twin, 1.1, true)
+					break
+				}
 				thin := strings.Replace(wl, kindThin2x, kindThin, 1)
 				ratioTarget(fmt.Sprintf("%s %s ours / %s ours", wl, f, thin), ours, key{thin, toolOurs, f}, 1.1, true)
 			}
@@ -75,7 +79,7 @@ func (r *results) rssTarget() string {
 	var peak int64
 	var over []string
 	for _, k := range slices.SortedFunc(mapKeys(r.cells), compareKeys) {
-		if k.tool != toolOurs && k.tool != toolOursCat && kindOf(k.workload) != kindMeta {
+		if k.tool != toolOurs && k.tool != toolOursCat && k.tool != toolOursTwin && kindOf(k.workload) != kindMeta {
 			continue
 		}
 		rss, _ := r.peakRSS(k)

@@ -24,6 +24,10 @@ type workload struct {
 	disk    string   // leaf descriptor to convert (empty for meta)
 	virtual int64    // virtual size of the disk in bytes
 	refs    bool     // also run the reference tools (FUSE pipeline, plain qemu-img, cat floor)
+	// twin, when set, is the spec of a second datastore whose disk ours also
+	// converts in the same rounds (thin-2x measures thin beside it, so their
+	// ratio does not depend on what the machine did minutes apart).
+	twin []string
 }
 
 // sizes are the disk sizes of a run; -quick shrinks them.
@@ -69,6 +73,7 @@ func workloads(sz sizes) []workload {
 		add(kindDense, sz.dense, true, "vm1/vm1.vmdk", "--disk", diskArg("vm1", "eager", sz.dense, "100"))
 		add(kindThin, sz.thin, true, "vm1/vm1.vmdk", "--disk", diskArg("vm1", "thin", sz.thin, "3"))
 		add(kindThin2x, 2*sz.thin, true, "vm1/vm1.vmdk", "--disk", diskArg("vm1", "thin", 2*sz.thin, "1.5"))
+		ws[len(ws)-1].twin = ws[len(ws)-2].spec
 		chain := []string{"--disk", diskArg("vm1", "thin", sz.chain, "50")}
 		for range 3 {
 			chain = append(chain, "--snapshot", "vm1/vm1.vmdk,fill=2")
@@ -99,9 +104,12 @@ func metaSpec() []string {
 }
 
 // mkimageArgs is the whole mkimage command line for w writing img.
-func (w workload) mkimageArgs(img string) []string {
+func (w workload) mkimageArgs(img string) []string { return w.mkimage(w.spec, img) }
+
+// mkimage is the mkimage command line for spec on w's VMFS version.
+func (w workload) mkimage(spec []string, img string) []string {
 	args := []string{"mkimage", "-q", "--vmfs", fmt.Sprint(w.vmfs), "--hash-limit", "1"}
-	return append(append(args, w.spec...), img)
+	return append(append(args, spec...), img)
 }
 
 // vmDir is the folder of the workload's disk inside the volume.
