@@ -26,6 +26,7 @@ import (
 
 type config struct {
 	reps       int
+	repsFast   int
 	workdir    string
 	keep       bool
 	quick      bool
@@ -43,6 +44,7 @@ func main() {
 	var cfg config
 	var only string
 	flag.IntVar(&cfg.reps, "reps", 5, "repetitions of every timed run (medians are reported)")
+	flag.IntVar(&cfg.repsFast, "reps-fast", 15, "repetitions of a run whose first run took under 2s")
 	flag.StringVar(&cfg.workdir, "workdir", "", "where images, copies and outputs go (default: a new temporary directory under bench/work, deleted at the end unless -keep)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&cfg.quick, "quick", false, "small sizes, for a smoke run")
@@ -237,6 +239,9 @@ type bench struct {
 	res   *results
 }
 
+// fastRun: a cell whose first run is quicker than this runs -reps-fast times.
+const fastRun = 2 * time.Second
+
 // cell is one thing measured reps times.
 type cell struct {
 	key key
@@ -361,8 +366,10 @@ func metaCells(bin, vol, name string) []cell {
 }
 
 // measure runs every cell reps times, in forward order on even
-// repetitions and backward on odd ones; a cell whose first run was slower
-// than -slow is not repeated, nor one that failed (the failure is reported).
+// repetitions and backward on odd ones; a cell whose first run took less
+// than fastRun runs repsFast times (sub-second runs are the noisiest and
+// the cheapest to repeat); a cell whose first run was slower than -slow is
+// not repeated, nor one that failed (the failure is reported).
 func (b *bench) measure(cells []cell) error {
 	if len(cells) > 0 {
 		// Warm-up, untimed: the first run after the setup pays for the
@@ -371,13 +378,17 @@ func (b *bench) measure(cells []cell) error {
 			return b.r.ctx.Err()
 		}
 	}
-	for rep := range b.cfg.reps {
+	for rep := range max(b.cfg.reps, b.cfg.repsFast) {
 		order := slices.Clone(cells)
 		if rep%2 == 1 {
 			slices.Reverse(order)
 		}
 		for _, c := range order {
-			if s := b.res.samples(c.key); len(s) > 0 && s[0].wall > b.cfg.slow || b.res.failed[c.key] {
+			prev := b.res.samples(c.key)
+			if len(prev) > 0 && prev[0].wall > b.cfg.slow || b.res.failed[c.key] {
+				continue
+			}
+			if rep >= b.cfg.reps && (len(prev) == 0 || prev[0].wall >= fastRun) {
 				continue
 			}
 			s, err := b.r.time(c.job)
