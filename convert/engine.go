@@ -439,6 +439,9 @@ func Stream(ctx context.Context, w io.Writer, l formats.Layout, src io.ReaderAt,
 			for b := (*c.buf)[:c.n]; len(b) > 0; {
 				m, err := w.Write(b[:min(len(b), maxWrite)])
 				written += int64(m)
+				if err == nil && m == 0 {
+					err = io.ErrShortWrite // a broken Writer must not spin us
+				}
 				if err != nil {
 					return err
 				}
