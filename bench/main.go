@@ -267,8 +267,8 @@ func (b *bench) workload(ctx context.Context, w workload) error {
 	out := func(tool, f string) string { return filepath.Join(dir, tool+"."+f) }
 	var plainDisk, mnt string
 	var extents []string
+	plain := filepath.Join(dir, "plain")
 	if w.refs {
-		plain := filepath.Join(dir, "plain")
 		var err error
 		if extents, err = plainCopy(ctx, b.bin, vol, w.vmDir(), plain); err != nil {
 			return err
@@ -319,7 +319,6 @@ func (b *bench) workload(ctx context.Context, w workload) error {
 		if w.kind == kindDense {
 			// Issue 3: our cat of the flat file on the volume against cat
 			// of the same file on a plain filesystem.
-			plain := filepath.Join(dir, "plain")
 			var paths []string
 			for _, e := range extents {
 				rel, err := filepath.Rel(plain, e)
