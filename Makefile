@@ -5,7 +5,8 @@ GO        ?= go
 BIN       ?= vmfs2vhd
 COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+CLIPKG    := github.com/vmfs2vhd/vmfs2vhd/internal/cli
+LDFLAGS   := -s -w -X $(CLIPKG).version=$(VERSION) -X $(CLIPKG).commit=$(COMMIT)
 export CGO_ENABLED = 0
 
 # Test time budget: the whole suite must stay well under 15 minutes on 2 cores.

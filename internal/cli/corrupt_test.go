@@ -1,4 +1,4 @@
-package main
+package cli
 
 // The corruption suite (issue 8): generated VMFS5 and VMFS6 volumes are
 // damaged one way at a time — a byte flipped or a 512-byte sector zeroed
