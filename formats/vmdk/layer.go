@@ -17,6 +17,20 @@ var notConvertible = map[string]bool{
 	"vmfsraw": true, "fulldevice": true, "partitioneddevice": true, "custom": true,
 }
 
+// notConvertibleWhy says what a createType of notConvertible is and where
+// its data is.
+func notConvertibleWhy(ct string) string {
+	switch strings.ToLower(ct) {
+	case "vmfsrawdevicemap", "vmfsrdm":
+		return fmt.Sprintf("%q: a raw device mapping (virtual compatibility): the data is on the mapped LUN, not in the datastore; copy the LUN itself", ct)
+	case "vmfspassthroughrawdevicemap", "vmfsrdmp":
+		return fmt.Sprintf("%q: a raw device mapping (physical compatibility): the data is on the mapped LUN, not in the datastore; copy the LUN itself", ct)
+	case "fulldevice", "partitioneddevice", "vmfsraw":
+		return fmt.Sprintf("%q: a disk backed by a host's physical device, not by files", ct)
+	}
+	return fmt.Sprintf("%q", ct)
+}
+
 // openLayer opens the disk in file f (named name in fsys): it takes
 // ownership of f and of every extent file it opens, registering them in d
 // for Close.
@@ -136,7 +150,7 @@ func descriptorLayer(d *Disk, fsys FS, name string, desc *Descriptor) (*layer, e
 	l.setDescriptor(desc)
 	ct := strings.ToLower(desc.CreateType)
 	if notConvertible[ct] {
-		return nil, &Error{File: name, Line: desc.Lines["createtype"], Struct: "descriptor", Field: "createType", Off: -1, Msg: fmt.Sprintf("%q", desc.CreateType), Err: ErrNotConvertible}
+		return nil, &Error{File: name, Line: desc.Lines["createtype"], Struct: "descriptor", Field: "createType", Off: -1, Msg: notConvertibleWhy(desc.CreateType), Err: ErrNotConvertible}
 	}
 	if len(desc.Extents) == 0 {
 		e := &Error{File: name, Line: desc.LineCount, Struct: "descriptor", Off: -1, Msg: "no extent line up to the last line", Err: ErrCorrupt}

@@ -12,13 +12,14 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/vmfs2vhd/vmfs2vhd/convert"
+	"github.com/vmfs2vhd/vmfs2vhd/formats/vmdk"
 )
 
 // batchResult is one disk's line of the --all report.
 type batchResult struct {
 	Disk     string  `json:"disk"`
 	Output   string  `json:"output,omitempty"`
-	Status   string  `json:"status"` // ok, failed, mismatch
+	Status   string  `json:"status"` // ok, skipped (an RDM), failed, mismatch, bad-ranges
 	Error    string  `json:"error,omitempty"`
 	Size     int64   `json:"virtual_size"`
 	Data     int64   `json:"data_bytes"`
@@ -97,6 +98,16 @@ func runConvertAll(c *cli.Context) error {
 			r.BadRanges = res.BadRanges
 		}
 		r.Status = "ok"
+		if errors.Is(err, vmdk.ErrNotConvertible) {
+			// A raw device mapping: its data is on a LUN, not on the
+			// datastore. Say so, and go on.
+			r.Status, r.Error = "skipped", err.Error()
+			if !c.Bool("quiet") {
+				fmt.Fprintf(c.App.ErrWriter, "note: %s skipped: %v\n", d.Path, err)
+			}
+			report = append(report, r)
+			continue
+		}
 		if isBadRangeExit(err) {
 			r.Status, r.Error = "bad-ranges", err.Error()
 			badRanges = true
@@ -115,6 +126,12 @@ func runConvertAll(c *cli.Context) error {
 		}
 		report = append(report, r)
 	}
+	return finishBatch(c, report, failed, mismatch, badRanges)
+}
+
+// finishBatch prints the report of several conversions (a table, or JSON
+// with --json) and turns the outcome into the exit error.
+func finishBatch(c *cli.Context, report []batchResult, failed int, mismatch, badRanges bool) error {
 	if c.Bool("json") {
 		if report == nil {
 			report = []batchResult{}
@@ -139,9 +156,9 @@ func runConvertAll(c *cli.Context) error {
 	}
 	switch {
 	case mismatch:
-		return &exitError{code: exitMismatch, err: fmt.Errorf("%d of %d disks failed, some verification mismatches", failed, len(disks))}
+		return &exitError{code: exitMismatch, err: fmt.Errorf("%d of %d disks failed, some verification mismatches", failed, len(report))}
 	case failed > 0:
-		return fmt.Errorf("%d of %d disks failed", failed, len(disks))
+		return fmt.Errorf("%d of %d disks failed", failed, len(report))
 	case badRanges:
 		return &exitError{code: exitBadRange, err: fmt.Errorf("some outputs have zero-filled unreadable ranges (see the report)")}
 	}

@@ -41,10 +41,11 @@ func convertCommand() *cli.Command {
 		&cli.StringFlag{Name: "bad-ranges", Usage: "with --rescue: write the unreadable ranges (virtual-disk offset and length, bytes) to this file"},
 	}
 	flags = append(flags, chainFlags()...)
+	flags = append(flags, vmFlags()...)
 	return &cli.Command{
 		Name:      "convert",
 		Usage:     "convert a virtual disk to raw, VHD, VHDX or qcow2 in one pass",
-		ArgsUsage: "VOLUME DISK OUTPUT | DISK.vmdk OUTPUT | --all --out-dir DIR VOLUME",
+		ArgsUsage: "VOLUME DISK OUTPUT | DISK.vmdk OUTPUT | --all --out-dir DIR VOLUME | --vm NAME --out-dir DIR VOLUME|DIR",
 		Description: `Reads the disk — DISK is a descriptor path inside the datastore VOLUME (a device or image
 file; give the other files of a spanned volume with -e), or a VMDK on the local filesystem —
 flattening its snapshot chain, and writes OUTPUT in one pass: data is read once, straight from
@@ -52,9 +53,16 @@ the VMFS blocks; holes and zero runs are never read or written. OUTPUT is writte
 temporary name and renamed when complete; on an error or an interrupt it is removed. OUTPUT -
 streams to stdout (give -f). The source is only ever opened read-only.
 
+--vm converts every disk of a virtual machine at the point it runs on (the disks its .vmx
+names; --snapshot NAME for a snapshot of its .vmsd) into --out-dir as VM_disk0.EXT … in boot
+order; --datastore NAME=VOLUME tells where its disks on other datastores are; --target hyperv,
+xe, libvirt or proxmox also writes the VM's definition for that hypervisor next to the disks
+(a PowerShell script, an xe script, a domain XML, qm commands), after checking that the VM fits.
+
 EXAMPLES:
    vmfs2vhd convert datastore1.img vm1/vm1.vmdk vm1.vhdx
    vmfs2vhd convert --all --out-dir /srv/images -f qcow2 datastore1.img
+   vmfs2vhd convert --vm web01 --target hyperv --out-dir D:\VMs\web01 \\.\PhysicalDrive2
    vmfs2vhd convert vm1/vm1.vmdk vm1.vhdx
    vmfs2vhd convert -f vhd --subformat fixed --verify vm1/vm1-000002.vmdk vm1.vhd
    vmfs2vhd convert -f qcow2 vm1/vm1.vmdk - | ssh host 'cat > vm1.qcow2'`,
@@ -67,11 +75,19 @@ func runConvert(c *cli.Context) error {
 	if err := rejectLateFlags(c); err != nil {
 		return err
 	}
+	if c.String("vm") != "" {
+		return runConvertVM(c)
+	}
+	for _, fl := range []string{"datastore", "target", "target-disk-bus", "target-nic-model"} {
+		if c.IsSet(fl) {
+			return usageErrorf("convert: --%s goes with --vm", fl)
+		}
+	}
 	if c.Bool("all") {
 		return runConvertAll(c)
 	}
 	if c.String("out-dir") != "" {
-		return usageErrorf("convert: --out-dir goes with --all")
+		return usageErrorf("convert: --out-dir goes with --all or --vm")
 	}
 	var srcName, output string
 	var volume *vmfs.Volume

@@ -9,6 +9,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -63,6 +64,49 @@ func RunErr(t testing.TB, tool string, args ...string) (stdout, stderr []byte, e
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	cmd.Env = append(os.Environ(), "TZ=UTC", "LC_ALL=C")
+	err = cmd.Run()
+	return o.Bytes(), e.Bytes(), err
+}
+
+// DissectVMFS returns the path of the dissect-vmfs judge (Fox-IT's
+// dissect.vmfs run as an external process, bundled in shared/oracles beside
+// the checkout; VMFS2VHD_DISSECT_VMFS overrides), or skips t as Find does.
+// It needs python3.
+func DissectVMFS(t testing.TB) string {
+	t.Helper()
+	Find(t, "python3")
+	if p := os.Getenv("VMFS2VHD_DISSECT_VMFS"); p != "" {
+		return p
+	}
+	dir, err := os.Getwd()
+	for err == nil {
+		if _, e := os.Stat(filepath.Join(dir, "go.mod")); e == nil {
+			p := filepath.Join(dir, "..", "shared", "oracles", "dissect-vmfs")
+			if _, e := os.Stat(p); e == nil {
+				return p
+			}
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	Unavailable(t, "dissect-vmfs not found beside the checkout (../shared/oracles/dissect-vmfs; set VMFS2VHD_DISSECT_VMFS)")
+	return ""
+}
+
+// Dissect runs the dissect-vmfs judge with args; a non-zero exit is
+// returned as err with its stderr.
+func Dissect(t testing.TB, args ...string) (stdout, stderr []byte, err error) {
+	t.Helper()
+	p := DissectVMFS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "python3", append([]string{p}, args...)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
 	return o.Bytes(), e.Bytes(), err
 }
