@@ -203,6 +203,11 @@ func parseHDHeader(b []byte) (*hdHeader, error) {
 		return nil, corruptf("directory header", -1, "%d bytes, need %d", len(b), hdHeaderSize)
 	}
 	if ver := u32(b, 0); ver != hdVersion && ver != hdVersionAlt {
+		// 0x00Fxxxxx looks like a directory version this reader does not
+		// know; anything else is not a directory header.
+		if ver>>20 == 0x00F {
+			return nil, fieldErr(ErrUnsupported, "directory header", "version", -1, "0x%08x is an unsupported directory version", ver)
+		}
 		return nil, fieldErr(ErrCorrupt, "directory header", "version", -1, "0x%08x", ver)
 	}
 	h := &hdHeader{raw: b, numEntries: u32(b, hdNumEntries)}
@@ -321,7 +326,7 @@ func (v *Volume) hashLookup(dir *inode, name string) (dirent, error) {
 			return dirent{}, notFound
 		case 2:
 		default:
-			return dirent{}, dir.errorf(ErrCorrupt, "directory", -1, "hash slot %d: location 0x%08x of type 3", idx, loc)
+			return dirent{}, dir.errorf(ErrUnsupported, "directory", -1, "hash slot %d: location 0x%08x of type 3 is unsupported", idx, loc)
 		}
 		if steps >= maxLinkGroups {
 			return dirent{}, dir.errorf(ErrCorrupt, "directory", -1, "hash slot %d: more than %d link groups (a loop?)", idx, maxLinkGroups)
@@ -341,20 +346,36 @@ func (v *Volume) hashLookup(dir *inode, name string) (dirent, error) {
 		if hi := u16(g, 0); uint32(hi) != idx {
 			return dirent{}, dir.errorf(ErrCorrupt, "directory", -1, "link group 0x%08x is for hash slot %d, not %d", loc, hi, idx)
 		}
-		for i := range hdLinksPerGroup {
+		// The used links are the first totalLinks − freeLinks; a link
+		// whose hash16 matches leads to an entry (compare its name: two
+		// names may share index and hash16) or to a further link group.
+		used := min(hdLinksPerGroup, max(0, int(g[2])-int(g[3])))
+		next := u32(g, 6+6*hdLinksPerGroup)
+		follow := uint32(0)
+		for i := range used {
 			l, h16 := u32(g, 6+6*i), u16(g, 10+6*i)
-			if l&3 != 1 || h16 != hash16 {
+			if h16 != hash16 {
 				continue
 			}
-			e, err := v.entryAt(dir, l)
-			if err != nil {
-				return dirent{}, err
-			}
-			if e.name == name && e.addr != 0 {
-				return e, nil
+			switch l & 3 {
+			case 1:
+				e, err := v.entryAt(dir, l)
+				if err != nil {
+					return dirent{}, err
+				}
+				if e.name == name && e.addr != 0 {
+					return e, nil
+				}
+			case 2:
+				if follow == 0 {
+					follow = l
+				}
 			}
 		}
-		loc = u32(g, 6+6*hdLinksPerGroup)
+		if follow != 0 {
+			next = follow
+		}
+		loc = next
 	}
 }
 

@@ -223,8 +223,8 @@ func TestLinearDirectory(t *testing.T) {
 // ErrCorrupt, not in a panic or a hang.
 func TestCorruptMaps(t *testing.T) {
 	m := newMemVol(t, 5, 32)
-	m.sbc = m.addRes(t, ".sbc.sf", 1, 2, resHeader{rpc: 32, cpg: 1, resSize: 8 << 10, cgSize: 0x400 + 32*8<<10})
-	m.pbc = m.addRes(t, ".pbc.sf", 3, 1, resHeader{rpc: 8, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 8*4<<10})
+	m.setRes(kSBC, m.addRes(t, ".sbc.sf", 1, 2, resHeader{rpc: 32, cpg: 1, resSize: 8 << 10, cgSize: 0x400 + 32*8<<10}))
+	m.setRes(kPBC, m.addRes(t, ".pbc.sf", 3, 1, resHeader{rpc: 8, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 8*4<<10}))
 	for _, tc := range []struct {
 		name string
 		zla  uint32
@@ -257,7 +257,7 @@ func TestCorruptMaps(t *testing.T) {
 	t.Run("resource file through itself", func(t *testing.T) {
 		// .sbc.sf whose only block is one of its own sub-blocks.
 		loop := m.inodeOf(t, typeSysFile, zlaSB, 8<<10, 0x10000, []uint64{m.res(akSB, 0, 0)})
-		m.sbc = &resFile{name: ".sbc.sf", ino: loop, h: resHeader{rpc: 4, cpg: 1, resSize: 8 << 10, cgSize: 0x400 + 4*8<<10}, hdr: 0x400}
+		m.setRes(kSBC, &resFile{name: ".sbc.sf", ino: loop, h: resHeader{rpc: 4, cpg: 1, resSize: 8 << 10, cgSize: 0x400 + 4*8<<10}, hdr: 0x400})
 		ino := m.inodeOf(t, typeRegular, zlaSB, 8<<10, 100, []uint64{m.res(akSB, 0, 0)})
 		_, err := (&File{v: m.Volume, ino: ino}).ReadAt(make([]byte, 10), 0)
 		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "loop") {

@@ -104,6 +104,10 @@ func parseFSDesc(b []byte) (fsDesc, error) {
 		if md := f.mdAlignment; md != 0 && (!isPow2(uint64(md)) || md < 4096 || md > 1<<20) {
 			return f, fieldErr(ErrUnsupported, what, "mdAlignment", fsDescriptorOff, "0x%x", md)
 		}
+		if ps := f.ptrBlockShift; ps != 0 && (ps > 30 || 1<<ps != max(64<<10, uint64(max(f.mdAlignment, 0x1000)))) {
+			return f, fieldErr(ErrUnsupported, what, "ptrBlockShift", fsDescriptorOff,
+				"%d: pointer blocks of other than max(64 KiB, mdAlignment) bytes are unsupported", ps)
+		}
 		if f.sfbToLfbShift > 16 {
 			return f, fieldErr(ErrCorrupt, what, "sfbToLfbShift", fsDescriptorOff, "%d", f.sfbToLfbShift)
 		}
@@ -117,7 +121,12 @@ type resHeader struct {
 	numResLo, numGroups, numResHi       uint32
 	signature, version, flags           uint32
 	childMetaOffset                     uint32
+	// parent geometry of a nested (child) header: VMFS6 SFB inside LFB.
+	parentRPC, parentCPG, parentCGSize uint32
 }
+
+// Resource header flags (§6.1; meaning from dissect.vmfs' comments).
+const resFlagHasParent = 0x2
 
 const resHeaderLen = 0x44
 
@@ -138,6 +147,9 @@ func parseResHeader(b []byte) (resHeader, error) {
 	h.version = u32(b, 0x24)
 	h.flags = u32(b, 0x28)
 	h.childMetaOffset = u32(b, 0x34)
+	h.parentRPC = u32(b, 0x38)
+	h.parentCPG = u32(b, 0x3C)
+	h.parentCGSize = u32(b, 0x40)
 	return h, nil
 }
 

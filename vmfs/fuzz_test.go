@@ -139,12 +139,12 @@ func FuzzFSDescriptor(f *testing.F) {
 func fuzzVol(t testing.TB, ver int, data []byte) *memVol {
 	m := newMemVol(t, ver, 64)
 	if ver == 6 {
-		m.sbc = m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10})
-		m.pb2 = m.addRes(t, ".pb2.sf", 12, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10})
+		m.setRes(kSBC, m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10}))
+		m.setRes(kPB2, m.addRes(t, ".pb2.sf", 12, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10}))
 	} else {
-		m.sbc = m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 32, cpg: 2, resSize: 8 << 10, cgSize: 2*0x400 + 2*32*8<<10})
-		m.pbc = m.addRes(t, ".pbc.sf", 10, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10})
-		m.pb2 = m.addRes(t, ".pb2.sf", 12, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10})
+		m.setRes(kSBC, m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 32, cpg: 2, resSize: 8 << 10, cgSize: 2*0x400 + 2*32*8<<10}))
+		m.setRes(kPBC, m.addRes(t, ".pbc.sf", 10, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10}))
+		m.setRes(kPB2, m.addRes(t, ".pb2.sf", 12, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10}))
 	}
 	copy(m.mem[1*memBS:], data)
 	return m
@@ -237,13 +237,13 @@ func FuzzAddressMap(f *testing.F) {
 		}
 		m := fuzzVol(t, v, nil)
 		P := m.ppb
-		pt, pr := uint64(akPB), m.pbc
+		pt, pr := uint64(akPB), m.rfs[kPBC].rf
 		if v == 6 {
-			pt, pr = akSB, m.sbc
+			pt, pr = akSB, m.rfs[kSBC].rf
 		}
 		// The fuzz data fills the pointer blocks from (0, 1) on, and the
 		// sub-blocks and PB2 blocks likewise.
-		for _, rf := range []*resFile{pr, m.sbc, m.pb2} {
+		for _, rf := range []*resFile{pr, m.rfs[kSBC].rf, m.rfs[kPB2].rf} {
 			loc := m.resLoc(t, rf, 0, 1)
 			copy(m.mem[loc:min(int64(len(m.mem)), loc+rf.ino.size())], data)
 		}
@@ -265,7 +265,7 @@ func FuzzAddressMap(f *testing.F) {
 			ptrs = []uint64{m.res(akPB2, 0, 1)}
 			size = uint64(P) * memBS
 		case zlaSB:
-			bs = uint64(m.sbc.h.resSize)
+			bs = uint64(m.rfs[kSBC].rf.h.resSize)
 			ptrs = []uint64{m.res(akSB, 0, 1), m.res(akSB, 0, 2)}
 			size = 2 * bs
 		default:

@@ -1,6 +1,7 @@
 package vmfs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -20,7 +21,7 @@ import (
 
 // fuzzImage is a generated volume kept on disk (its files are sparse).
 type fuzzImage struct {
-	devs []*os.File
+	devs []io.ReaderAt
 	size []int64
 }
 
@@ -71,11 +72,30 @@ func loadFuzzImages(tb testing.TB) []*fuzzImage {
 			}
 			fuzzImages = append(fuzzImages, im)
 		}
+		// Hand-built layouts whose system files are mapped as ESXi maps
+		// them (layout_test.go): .sbc.sf through PB2, .fdc.sf through
+		// pointer blocks and over non-contiguous blocks, directories in
+		// sub-blocks.
+		for _, l := range fuzzLayouts() {
+			tv, _ := buildLayout(tb, l)
+			mem := tv.mem[:tv.next*tBS] // the blocks in use
+			fuzzImages = append(fuzzImages, &fuzzImage{devs: []io.ReaderAt{bytes.NewReader(mem)}, size: []int64{int64(len(mem))}})
+		}
 	})
 	if fuzzImagesErr != nil {
 		tb.Fatalf("testimages: %v", fuzzImagesErr)
 	}
 	return fuzzImages
+}
+
+// fuzzLayouts are the hand-built layouts among the fuzz images.
+func fuzzLayouts() []tlayout {
+	return []tlayout{
+		{name: "esxi7", ver: 6, sbc: "pb2", fdc: "noncontig"},
+		{name: "fdc via SB", ver: 6, fdc: "sbpb", sbc: "pb2", rootSB: true},
+		{name: "everything via PB2", ver: 6, pbc: "pb2", fbb: "pb2", sbc: "pb2", fdc: "pb2"},
+		{name: "vmfs5 fdc via PB", ver: 5, fdc: "pb", pbc: "pb2", sbc: "pb2", rootSB: true},
+	}
 }
 
 // patchedDev is a device with patch written over it at off.
@@ -155,7 +175,7 @@ func seedVolume(f *testing.F, ims []*fuzzImage) {
 		}
 		addLog(fsDescriptorOff, 0x200)
 		// Resource headers, and the FDs of everything on the volume.
-		for _, rf := range []*resFile{v.fdc, v.sbc, v.pbc, v.pb2} {
+		for _, rf := range []*resFile{v.fdc, v.rfs[kSBC].rf, v.rfs[kPBC].rf, v.rfs[kPB2].rf} {
 			if rf == nil {
 				continue
 			}
@@ -246,7 +266,7 @@ func FuzzResourceHeader(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		for _, rf := range []*resFile{v.fdc, v.sbc, v.pbc, v.pb2} {
+		for _, rf := range []*resFile{v.fdc, v.rfs[kSBC].rf, v.rfs[kPBC].rf, v.rfs[kPB2].rf} {
 			if rf == nil {
 				continue
 			}

@@ -216,9 +216,9 @@ func (v *Volume) locate(ino *inode, a uint64, bs int64, depth int) (int64, error
 		ok = b < 1<<(62-v.lfbShift)
 		loc, unit = b<<v.lfbShift, 1<<v.lfbShift
 	case t == akSB:
-		rf := v.sbc
-		if rf == nil {
-			return 0, ino.errorf(ErrCorrupt, "block map", -1, "%s, but the volume has no usable .sbc.sf%s", addrString(a), v.sbcErr)
+		rf, err := v.needRes(ino, kSBC, "block map")
+		if err != nil {
+			return 0, annotate(err, addrString(a))
 		}
 		off, err := rf.offset(v.af.clusterRes(a))
 		if err != nil {
@@ -233,6 +233,8 @@ func (v *Volume) locate(ino *inode, a uint64, bs int64, depth int) (int64, error
 			return 0, withFile(annotate(err, addrString(a)), ino.path, ino.addr)
 		}
 		ok = true
+	case t == akLFB:
+		return 0, ino.errorf(ErrCorrupt, "block map", -1, "%s: large file blocks exist on VMFS6 only", addrString(a))
 	default:
 		return 0, ino.errorf(ErrCorrupt, "block map", -1, "%s is not a data address", addrString(a))
 	}
@@ -287,40 +289,56 @@ func (v *Volume) ptrBlock(ino *inode, p uint64, depth int) ([]uint64, error) {
 	if depth > maxDepth {
 		return nil, ino.errorf(ErrCorrupt, what, -1, "resource files nest deeper than %d levels (a loop?)", maxDepth)
 	}
-	var rf *resFile
+	width := int64(v.lay.ptrBytes)
+	need := v.ppb * width
+	buf := make([]byte, need)
+	var k resKind
 	switch addrType(p) {
 	case akPB:
-		rf = v.pbc
+		k = kPBC
 	case akPB2:
-		rf = v.pb2
+		k = kPB2
 	case akSB:
-		rf = v.sbc
+		k = kSBC
+	case akFB, akLFB:
+		// A pointer block in a file block (dissect reads pointer blocks
+		// by address type, file blocks included).
+		if v.af.tbz(p) {
+			return nil, ino.errorf(ErrUnsupported, what, -1, "a to-be-zeroed file block as a pointer block is unsupported")
+		}
+		loc, err := v.locate(ino, p, need, depth)
+		if err != nil {
+			return nil, annotate(err, what)
+		}
+		if err := v.lv.readAt(buf, loc, what); err != nil {
+			return nil, withFile(err, ino.path, ino.addr)
+		}
+		return v.putPtrBlock(key, buf), nil
 	default:
 		return nil, ino.errorf(ErrCorrupt, what, -1, "not a pointer-block address")
 	}
-	if rf == nil {
-		return nil, ino.errorf(ErrCorrupt, what, -1, "the volume has no usable resource file for it")
+	rf, err := v.needRes(ino, k, what)
+	if err != nil {
+		return nil, err
 	}
 	off, err := rf.offset(v.af.clusterRes(p))
 	if err != nil {
 		return nil, withFile(annotate(err, what), ino.path, ino.addr)
 	}
-	width := int64(4)
-	if v.af.wide {
-		width = 8
-	}
-	need := v.ppb * width
 	if need > int64(rf.h.resSize) {
 		return nil, ino.errorf(ErrCorrupt, what, -1, "%d-byte pointer block in %d-byte resources of %s", need, rf.h.resSize, rf.name)
 	}
-	loc, err := rf.ino.contig(off, need, depth+1)
-	if err != nil {
+	// Read through the resource file's block map: a pointer block may
+	// straddle two non-contiguous blocks of it.
+	if err := rf.ino.fill(buf, off, depth+1, true); err != nil {
 		return nil, withFile(annotate(err, what), ino.path, ino.addr)
 	}
-	buf := make([]byte, need)
-	if err := v.lv.readAt(buf, loc, what); err != nil {
-		return nil, withFile(err, ino.path, ino.addr)
-	}
+	return v.putPtrBlock(key, buf), nil
+}
+
+// putPtrBlock decodes and caches the pointer block buf.
+func (v *Volume) putPtrBlock(key cacheKey, buf []byte) []uint64 {
+	width := int64(v.lay.ptrBytes)
 	ptrs := make([]uint64, v.ppb)
 	for i := range ptrs {
 		if width == 4 {
@@ -329,8 +347,8 @@ func (v *Volume) ptrBlock(ino *inode, p uint64, depth int) ([]uint64, error) {
 			ptrs[i] = u64(buf, 8*i)
 		}
 	}
-	v.cache.put(key, ptrs, need*8/width)
-	return ptrs, nil
+	v.cache.put(key, ptrs, int64(len(ptrs))*8)
+	return ptrs
 }
 
 // fill reads len(p) bytes at off (within the file) into p. strict rejects

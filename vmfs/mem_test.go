@@ -32,7 +32,18 @@ func newMemVol(t testing.TB, ver int, blocks int) *memVol {
 		f.major, f.config = 4, 0
 	}
 	v.setGeometry(f)
+	for k := range v.rfs {
+		v.rfs[k].state = slotDone // no resource files until setRes
+	}
 	return &memVol{Volume: v, mem: mem, cnt: cnt}
+}
+
+// setRes installs resource file rf of kind k.
+func (m *memVol) setRes(k resKind, rf *resFile) {
+	m.rfs[k] = resSlot{state: slotDone, rf: rf}
+	if k == kFDC {
+		m.fdc = rf
+	}
 }
 
 // fb returns the data address of file block n (FB, or SFB on VMFS6).
@@ -218,21 +229,21 @@ func TestAddressForms(t *testing.T) {
 			B := int64(memBS)
 			// Resource files: .sbc.sf at blocks 1-9, .pbc.sf 10-11, .pb2.sf 12-20.
 			if ver == 6 {
-				m.sbc = m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10})
-				m.pb2 = m.addRes(t, ".pb2.sf", 12, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10})
+				m.setRes(kSBC, m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10}))
+				m.setRes(kPB2, m.addRes(t, ".pb2.sf", 12, 9, resHeader{rpc: 8, cpg: 1, resSize: 64 << 10, cgSize: uint32(m.clusterHdr) + 8*64<<10}))
 			} else {
-				m.sbc = m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 32, cpg: 2, resSize: 8 << 10, cgSize: 2*0x400 + 2*32*8<<10})
-				m.pbc = m.addRes(t, ".pbc.sf", 10, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10})
-				m.pb2 = m.addRes(t, ".pb2.sf", 12, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10})
+				m.setRes(kSBC, m.addRes(t, ".sbc.sf", 1, 9, resHeader{rpc: 32, cpg: 2, resSize: 8 << 10, cgSize: 2*0x400 + 2*32*8<<10}))
+				m.setRes(kPBC, m.addRes(t, ".pbc.sf", 10, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10}))
+				m.setRes(kPB2, m.addRes(t, ".pb2.sf", 12, 2, resHeader{rpc: 16, cpg: 1, resSize: 4 << 10, cgSize: 0x400 + 16*4<<10}))
 			}
 			ptrType := uint64(akPB)
-			ptrRes := m.pbc
+			ptrRes := m.rfs[kPBC].rf
 			if ver == 6 {
-				ptrType, ptrRes = akSB, m.sbc
+				ptrType, ptrRes = akSB, m.rfs[kSBC].rf
 			}
 			// Pointer blocks must not overlap the data blocks used below
 			// (40+); clear them first.
-			for _, rf := range []*resFile{m.sbc, m.pbc, m.pb2} {
+			for _, rf := range []*resFile{m.rfs[kSBC].rf, m.rfs[kPBC].rf, m.rfs[kPB2].rf} {
 				if rf != nil {
 					loc, _ := rf.ino.contig(0, rf.ino.size(), 0)
 					clear(m.mem[loc : loc+rf.ino.size()])
@@ -261,7 +272,7 @@ func TestAddressForms(t *testing.T) {
 				}
 			})
 			t.Run("subblocks", func(t *testing.T) {
-				sbs := int64(m.sbc.h.resSize)
+				sbs := int64(m.rfs[kSBC].rf.h.resSize)
 				r := uint64(17) // dense resource bits on VMFS5
 				if ver == 3 {
 					r = 9
@@ -276,7 +287,7 @@ func TestAddressForms(t *testing.T) {
 				a1, a2 := m.res(akSB, c, r), m.res(akSB, 0, 3)
 				ino := m.inodeOf(t, typeRegular, zlaSB, uint64(sbs), uint64(2*sbs+100), []uint64{a1, 0, a2})
 				checkFile(t, m, ino, map[int64]expBlock{
-					0: {formats.Data, m.resLoc(t, m.sbc, c, r)}, 2: {formats.Data, m.resLoc(t, m.sbc, 0, 3)},
+					0: {formats.Data, m.resLoc(t, m.rfs[kSBC].rf, c, r)}, 2: {formats.Data, m.resLoc(t, m.rfs[kSBC].rf, 0, 3)},
 				})
 			})
 			t.Run("single", func(t *testing.T) {
@@ -293,7 +304,7 @@ func TestAddressForms(t *testing.T) {
 			}
 			t.Run("pb2", func(t *testing.T) {
 				p := m.res(akPB2, 0, 3)
-				m.putPtrs(m.resLoc(t, m.pb2, 0, 3), map[int]uint64{1: m.fb(70, false), 2: m.fb(71, false)})
+				m.putPtrs(m.resLoc(t, m.rfs[kPB2].rf, 0, 3), map[int]uint64{1: m.fb(70, false), 2: m.fb(71, false)})
 				ino := m.inodeOf(t, typeRegular, zlaPB2, memBS, uint64(3*B), []uint64{p})
 				checkFile(t, m, ino, map[int64]expBlock{1: {formats.Data, 70 * B}, 2: {formats.Data, 71 * B}})
 			})

@@ -33,7 +33,7 @@ type Info struct {
 	FSMinor      int          `json:"fs_minor"`  // e.g. 81
 	LVMMajor     int          `json:"lvm_major"` // LVM version, 0 for a bare logical volume
 	LVMMinor     int          `json:"lvm_minor"`
-	Local        bool         `json:"local"` // VMFS-L (magic 0x2FABF15F)
+	Local        bool         `json:"local"` // VMFS-L (FS magic 0x2FABF15F, or LVM flags bit 0)
 	Label        string       `json:"label"`
 	UUID         string       `json:"uuid"`       // FS UUID
 	LVUUID       string       `json:"lv_uuid"`    // logical volume UUID ("" for a bare logical volume)
@@ -64,13 +64,14 @@ type Volume struct {
 	sfbRPC     uint64
 	lfbShift   uint
 	fdcStart   int64
-	fdc        *resFile
-	sbc, pbc   *resFile
-	pb2        *resFile
-	sbcErr     string
-	root       *inode
-	cache      *lru
-	closers    []io.Closer
+	// rfs holds the resource files, opened on first need (resource);
+	// mount opens them all before the Volume is shared.
+	rfs     [numRes]resSlot
+	opening []string // names of the resource files being opened (mount only)
+	fdc     *resFile // = rfs[kFDC].rf, required
+	root    *inode
+	cache   *lru
+	closers []io.Closer
 }
 
 // Open opens the volume held by devs: one device, or every extent of a
@@ -143,60 +144,22 @@ func (v *Volume) mount(lds []*lvmDev) error {
 			"%s, but the LVM volume is %s (the filesystem does not belong to this logical volume)", f.lvUUID, lds[0].vol.lvID)
 	}
 	v.setGeometry(f)
-	// Bootstrap: the .fdc.sf FD sits at a computable offset (§6.2).
-	sysFD := func(r int64) int64 {
-		return v.fdcStart + int64(f.fdcClusterGroupOff) + int64(f.fdcClustersPerGroup)*v.clusterHdr + r*int64(v.lay.size)
+	if len(lds) > 0 && lds[0].meta.flags&1 != 0 {
+		v.info.Local = true // LVM flags bit 0: VMFS-L (dissect's c_lvm)
 	}
-	fdcAddr := fdAddr(0, resFDC)
-	loc := sysFD(resFDC)
-	fb := make([]byte, v.lay.size)
-	if err := v.lv.readAt(fb, loc, ".fdc.sf file descriptor"); err != nil {
-		return err
-	}
-	fd, err := parseFD(fb, v.lay)
-	if err != nil {
-		return err
-	}
-	if fd.addr != fdcAddr || fd.typ != typeSysFile {
-		e := corruptf(".fdc.sf file descriptor", loc, "descAddr 0x%08x type %d, want 0x%08x type 5", fd.addr, fd.typ, fdcAddr)
-		return e
-	}
-	ino, err := v.newInode(fd, fdcAddr, ".fdc.sf")
-	if err != nil {
-		return err
-	}
-	if v.fdc, err = v.openResFile(".fdc.sf", ino, int64(v.lay.size)); err != nil {
-		return err
-	}
-	if v.fdc.h.rpc == 0 {
-		return fieldErr(ErrCorrupt, ".fdc.sf resource header", "resourcesPerCluster", -1, "0")
-	}
-	// VMFS6: the SFB geometry comes from the child header of .fbb.sf.
+	// Resource files open in dependency order, each on first need (§6.2,
+	// §15.1): .fbb.sf first on VMFS6 (its SFB child header gives the SFB
+	// geometry every block address needs), then .fdc.sf, then the rest.
+	// Only .fdc.sf is required here; a broken optional file reports its
+	// error when something needs it.
 	if v.ver >= 6 {
-		if ino, err := v.sysInode(resFBB, ".fbb.sf"); err == nil && ino.fd.typ == typeSysFile {
-			b := make([]byte, resHeaderLen)
-			if h, err := v.fbbChild(ino, b); err == nil && h.rpc > 0 && h.rpc <= 8192 && h.resSize == 0 {
-				v.sfbRPC = uint64(h.rpc)
-			}
-		}
+		v.resource(kFBB)
 	}
-	var sbcErr error
-	v.sbc, sbcErr = v.sysRes(resSBC, ".sbc.sf", 512)
-	if sbcErr != nil {
-		v.sbcErr = " (" + sbcErr.Error() + ")"
+	if v.fdc, err = v.resource(kFDC); err != nil {
+		return err
 	}
-	pbMin := v.ppb * 4
-	if v.af.wide {
-		pbMin = v.ppb * 8
-	}
-	v.pbc, _ = v.sysRes(resPBC, ".pbc.sf", pbMin)
-	if v.ver >= 5 {
-		pb2 := uint32(fdAddr(0, resPB2))
-		if f.pb2FDAddr != 0 {
-			pb2 = f.pb2FDAddr
-		}
-		_, r := fdClusterRes(pb2)
-		v.pb2, _ = v.sysRes(r, ".pb2.sf", pbMin)
+	for k := range numRes {
+		v.resource(k)
 	}
 	rootFD, err := v.loadFD(fdAddr(0, 0), "")
 	if err != nil {
@@ -210,20 +173,6 @@ func (v *Volume) mount(lds []*lvmDev) error {
 	}
 	v.readHeartbeats()
 	return nil
-}
-
-func (v *Volume) fbbChild(ino *inode, b []byte) (resHeader, error) {
-	if err := ino.fill(b, 0, 1, true); err != nil {
-		return resHeader{}, err
-	}
-	h, _ := parseResHeader(b)
-	if h.childMetaOffset == 0 || int64(h.childMetaOffset) > ino.size()-resHeaderLen {
-		return h, nil
-	}
-	if err := ino.fill(b, int64(h.childMetaOffset), 1, true); err != nil {
-		return resHeader{}, err
-	}
-	return parseResHeader(b)
 }
 
 // setGeometry derives the mapping parameters from the FS descriptor.
@@ -252,7 +201,7 @@ func (v *Volume) setGeometry(f fsDesc) {
 		if f.sfbToLfbShift == 0 {
 			v.lfbShift = log2(uint64(v.fsbs)) + 9
 		}
-		v.fdcStart = roundUp(3<<20+1024*v.md, max(1<<20, v.fsbs))
+		v.fdcStart = roundUp(3<<20+1024*v.md, 1<<20) // §4.1, as dissect computes it
 	} else {
 		v.af = addrFormat{dense: f.config&configDenseSBPC != 0}
 		v.lay = layoutFor(5, 0)
@@ -264,24 +213,6 @@ func (v *Volume) setGeometry(f fsDesc) {
 
 func roundUp(x, a int64) int64 { return (x + a - 1) / a * a }
 
-// sysInode loads the system file FD of resource r of cluster 0.
-func (v *Volume) sysInode(r uint64, name string) (*inode, error) {
-	addr := fdAddr(0, r)
-	fd, err := v.loadFD(addr, name)
-	if err != nil {
-		return nil, err
-	}
-	return v.newInode(fd, addr, name)
-}
-
-func (v *Volume) sysRes(r uint64, name string, minRes int64) (*resFile, error) {
-	ino, err := v.sysInode(r, name)
-	if err != nil {
-		return nil, err
-	}
-	return v.openResFile(name, ino, minRes)
-}
-
 // loadFD returns the FD at address addr, through the cache.
 func (v *Volume) loadFD(addr uint32, path string) (*fdesc, error) {
 	key := cacheKey{kind: ckFD, a: uint64(addr)}
@@ -292,25 +223,26 @@ func (v *Volume) loadFD(addr uint32, path string) (*fdesc, error) {
 	if addr&7 != akFD {
 		return nil, &Error{Path: path, What: what, Vol: -1, DevOff: -1, Msg: "not an FD address", Err: ErrCorrupt}
 	}
+	if v.fdc == nil {
+		return nil, &Error{Path: path, What: what, Vol: -1, DevOff: -1, Msg: ".fdc.sf is not open", Err: ErrCorrupt}
+	}
 	off, err := v.fdc.offset(fdClusterRes(addr))
 	if err != nil {
 		return nil, withFile(annotate(err, what), path, addr)
 	}
-	loc, err := v.fdc.ino.contig(off, int64(v.lay.size), 1)
-	if err != nil {
-		return nil, withFile(annotate(err, what), path, addr)
-	}
+	// Consecutive FDs may lie in non-contiguous blocks of .fdc.sf (an FD
+	// may even straddle two): read through the block map.
 	b := make([]byte, v.lay.size)
-	if err := v.lv.readAt(b, loc, what); err != nil {
-		return nil, withFile(err, path, addr)
+	if err := v.fdc.ino.fill(b, off, 1, true); err != nil {
+		return nil, withFile(annotate(err, what), path, addr)
 	}
 	fd, err := parseFD(b, v.lay)
 	if err != nil {
 		return nil, err
 	}
 	if fd.addr != addr {
-		return nil, &Error{Path: path, What: what, Vol: loc, DevOff: -1, Field: "descAddr", Err: ErrCorrupt,
-			Msg: fmt.Sprintf("holds 0x%08x (a free or stale FD)", fd.addr)}
+		return nil, &Error{Path: path, What: what, Vol: -1, DevOff: -1, Field: "descAddr", Err: ErrCorrupt,
+			Msg: fmt.Sprintf("at .fdc.sf offset 0x%x holds 0x%08x (a free or stale FD)", off, fd.addr)}
 	}
 	v.cache.put(key, fd, int64(v.lay.size))
 	return fd, nil
