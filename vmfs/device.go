@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+
+	"github.com/vmfs2vhd/vmfs2vhd/vmfs/device"
 )
 
 // Device is one device or image file holding a VMFS volume or one extent of
@@ -188,41 +189,66 @@ func gptPartitions(d *Device, ss int64) ([]int64, error) {
 
 // OpenFiles opens the named device or image files read-only and the volume
 // they hold (the extents of a spanned volume in any order). Closing the
-// volume closes the files.
+// volume closes the files. Devices are opened through package device: a
+// raw device (a Linux block device, a Windows \\.\PhysicalDriveN, a macOS
+// /dev/rdiskN) is sized by the OS and read aligned to its sector size.
 func OpenFiles(paths ...string) (*Volume, error) {
 	return OpenFilesOptions(Options{}, paths...)
 }
 
 // OpenFilesOptions is OpenFiles with options.
 func OpenFilesOptions(opts Options, paths ...string) (*Volume, error) {
-	var devs []Device
-	var files []*os.File
-	closeAll := func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			closeAll()
-			return nil, err
-		}
-		files = append(files, f)
-		size, err := f.Seek(0, io.SeekEnd) // works for block devices too
-		if err != nil {
-			closeAll()
-			return nil, err
-		}
-		devs = append(devs, Device{Name: p, R: f, Size: size})
-	}
-	v, err := OpenOptions(opts, devs...)
+	return OpenPaths(opts, device.Options{}, paths...)
+}
+
+// OpenPaths is OpenFilesOptions with device options (device.Options.Direct
+// reads around the page cache).
+func OpenPaths(opts Options, dopts device.Options, paths ...string) (*Volume, error) {
+	devs, err := openDevices(dopts, paths)
 	if err != nil {
-		closeAll()
 		return nil, err
 	}
-	for _, f := range files {
-		v.closers = append(v.closers, f)
+	return OpenDevices(opts, devs...)
+}
+
+// openDevices opens every path, or none.
+func openDevices(dopts device.Options, paths []string) ([]*device.Device, error) {
+	var devs []*device.Device
+	for _, p := range paths {
+		d, err := device.Open(p, dopts)
+		if err != nil {
+			for _, d := range devs {
+				d.Close()
+			}
+			return nil, err
+		}
+		devs = append(devs, d)
+	}
+	return devs, nil
+}
+
+// DeviceOf describes an open device for Open.
+func DeviceOf(d *device.Device) Device {
+	return Device{Name: d.Name(), R: d, Size: d.Size()}
+}
+
+// OpenDevices opens the volume held by devices opened with device.Open and
+// takes them over: Volume.Close closes them, and so does OpenDevices when it
+// fails.
+func OpenDevices(opts Options, devs ...*device.Device) (*Volume, error) {
+	vd := make([]Device, len(devs))
+	for i, d := range devs {
+		vd[i] = DeviceOf(d)
+	}
+	v, err := OpenOptions(opts, vd...)
+	if err != nil {
+		for _, d := range devs {
+			d.Close()
+		}
+		return nil, err
+	}
+	for _, d := range devs {
+		v.closers = append(v.closers, d)
 	}
 	return v, nil
 }

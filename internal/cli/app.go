@@ -95,6 +95,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			lsCommand(),
 			catCommand(),
 			disksCommand(),
+			scanCommand(),
 			vmsCommand(),
 			convertCommand(),
 			demoCommand(),

@@ -33,7 +33,7 @@ func convertCommand() *cli.Command {
 		&cli.BoolFlag{Name: "force", Usage: "overwrite an existing output"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bar and no summary"},
 		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "reads in flight (default: 4, fewer on small machines)"},
-		extentFlag(),
+		extentFlag(), directFlag(),
 		&cli.BoolFlag{Name: "all", Usage: "convert every disk of VOLUME (the leaf of each chain) into --out-dir"},
 		&cli.StringFlag{Name: "out-dir", Usage: "with --all: where the outputs go (named VMFOLDER_DISK.EXT)"},
 		&cli.BoolFlag{Name: "json", Usage: "print the result (with --all: the report) as JSON on stdout"},

@@ -29,7 +29,7 @@ EXAMPLES:
    vmfs2vhd disks --json /mnt/backup/vm1`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print a JSON array"},
-			extentFlag(),
+			extentFlag(), directFlag(),
 		},
 		Action: runDisks,
 	}

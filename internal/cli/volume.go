@@ -31,7 +31,7 @@ EXAMPLES:
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			&cli.BoolFlag{Name: "map", Usage: "with PATH: list the file's data, zero and hole runs"},
-			extentFlag(),
+			extentFlag(), directFlag(),
 		},
 		Action: runInfo,
 	}
@@ -184,7 +184,7 @@ EXAMPLE:
 			&cli.BoolFlag{Name: "long", Aliases: []string{"l"}, Usage: "long listing"},
 			&cli.BoolFlag{Name: "recursive", Aliases: []string{"R"}, Usage: "list subdirectories too"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
-			extentFlag(),
+			extentFlag(), directFlag(),
 		},
 		Action: runLs,
 	}
@@ -313,7 +313,7 @@ reading them), data with large parallel reads.
 
 EXAMPLE:
    vmfs2vhd cat datastore1.img vm1/vm1.vmdk`,
-		Flags: []cli.Flag{extentFlag(), &cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "reads in flight"},
+		Flags: []cli.Flag{extentFlag(), directFlag(), &cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "reads in flight"},
 			&cli.BoolFlag{Name: "rescue", Usage: "go on past read errors: zeros for what cannot be read, the ranges on stderr (exit 5)"}},
 		Action: runCat,
 	}
