@@ -292,6 +292,11 @@ func (b *bench) workload(ctx context.Context, w workload) error {
 			disk = hugeVHDDisk
 		}
 		cells = append(cells, cell{key{w.name, toolOurs, f}, job{argv: []string{b.bin, "convert", "-q", "-f", f, vol, disk, o}, output: o}})
+		if w.kind == kindDense && f == "raw" {
+			// Issue 13: the same conversion reading the volume with O_DIRECT.
+			o := out("direct", f)
+			cells = append(cells, cell{key{w.name, toolDirect, f}, job{argv: []string{b.bin, "convert", "-q", "--direct", "-f", f, vol, disk, o}, output: o}})
+		}
 		if mnt != "" && (w.virtual <= fuseAllFormatsMax || f == "raw") {
 			o := out("fuse", f)
 			cells = append(cells, cell{key{w.name, toolFuse, f}, job{argv: qemuConvert(f, filepath.Join(mnt, w.disk), o), output: o}})
@@ -310,6 +315,15 @@ func (b *bench) workload(ctx context.Context, w workload) error {
 			o := out("twin", f)
 			cells = append(cells, cell{key{w.name, toolOursTwin, f}, job{argv: []string{b.bin, "convert", "-q", "-f", f, twin, w.disk, o}, output: o}})
 		}
+	}
+	if w.kind == kindDense {
+		// Issue 16: the same disk read over NBD from `vmfs2vhd serve` (nbd.go).
+		nc, stop, err := b.nbdCells(ctx, w, vol, dir)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		cells = append(cells, nc...)
 	}
 	if len(extents) > 0 && apparentSize(extents) <= catMax {
 		argv := append([]string{"cat"}, extents...)

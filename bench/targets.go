@@ -79,7 +79,7 @@ func (r *results) rssTarget() string {
 	var peak int64
 	var over []string
 	for _, k := range slices.SortedFunc(mapKeys(r.cells), compareKeys) {
-		if k.tool != toolOurs && k.tool != toolOursCat && k.tool != toolOursTwin && kindOf(k.workload) != kindMeta {
+		if k.tool != toolOurs && k.tool != toolOursCat && k.tool != toolOursTwin && k.tool != toolDirect && kindOf(k.workload) != kindMeta {
 			continue
 		}
 		rss, _ := r.peakRSS(k)

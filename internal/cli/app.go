@@ -98,6 +98,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			scanCommand(),
 			vmsCommand(),
 			convertCommand(),
+			serveCommand(),
 			demoCommand(),
 			mkimageCommand(),
 			completionCommand(),
