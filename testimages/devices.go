@@ -132,7 +132,7 @@ func (v *vol) writeAll(d *devices) error {
 		if f == nil || f.hdr == nil {
 			continue
 		}
-		if err := d.writeLogical(f.hdr, f.first*g.blockSize); err != nil {
+		if err := d.writeLogical(f.hdr, v.fileLogical(f, 0)); err != nil {
 			return err
 		}
 	}
@@ -218,7 +218,12 @@ func (v *vol) writeLVM(d *devices, e int, f *os.File) error {
 	t := uint64(1700000000+v.spec.Seed%100000) * 1000000
 	le64(hdr, 0x92, t)
 	le64(hdr, 0x9A, t)
-	le32(hdr, 0xBE, 1)
+	if !g.esxi || g.vmfs == 5 {
+		le32(hdr, 0xBE, 1) // numPEMaps; ESXi leaves 0 (= 1) on LVM3 and LVM6 (§3.1, §15.1)
+	}
+	if v.spec.Local {
+		le32(hdr, 0xD2, 1) // VMFS-L (dissect.vmfs: flags 1 == VMFSL)
+	}
 	if g.vmfs == 6 {
 		le32(hdr, 0xCA, uint32(g.md))
 		le32(hdr, 0xCE, uint32(d.perExt))
@@ -241,7 +246,12 @@ func (v *vol) writeLVM(d *devices, e int, f *os.File) error {
 	le64(vd, 0x80, uint64(first+d.perExt-1))
 	le64(vd, 0x88, t)
 	le32(vd, 0x90, uint32(len(d.files)))
-	le32(vd, 0x110, uint32(d.perExt*int64(len(d.files))))
+	consumed := uint32(d.perExt * int64(len(d.files)))
+	if g.esxi {
+		// consumedPEs: 1 on LVM6, 0 on LVM3/5 on the real volumes (§15.1).
+		consumed = map[bool]uint32{true: 1, false: 0}[g.vmfs == 6]
+	}
+	le32(vd, 0x110, consumed)
 	if _, err := f.WriteAt(vd, base+g.lvmH); err != nil {
 		return err
 	}
@@ -287,7 +297,7 @@ func (v *vol) writeLVM(d *devices, e int, f *os.File) error {
 func (v *vol) fsDescriptor(d *devices) []byte {
 	g := v.g
 	b := make([]byte, 0x200)
-	le32(b, 0x00, 0x2FABF15E)
+	le32(b, 0x00, g.magic)
 	le32(b, 0x04, g.fsMajor)
 	b[0x08] = g.fsMinor
 	copy(b[0x09:], d.fsID[:])
@@ -303,13 +313,23 @@ func (v *vol) fsDescriptor(d *devices) []byte {
 	le32(b, 0xD5, uint32(g.fdc.cpg))
 	le32(b, 0xD9, uint32(g.sbSize))
 	if g.vmfs >= 5 {
-		le32(b, 0xDD, 2048)
-		le64(b, 0xE1, uint64(v.resLogical(v.fdc, 6)))
-		le32(b, 0xE9, g.fdAddr(6))
+		le32(b, 0xDD, 8) // maxJournalSlotsPerTxn (real: 8 on VMFS5, 64 on VMFS6)
+		// The FDs of .pb2.sf and .sdd.sf: readers of a volume without
+		// DENSE_SBPC (an upgraded one) find them here, not at FD 6 and 7.
+		for _, n := range v.root.children {
+			switch {
+			case n.res == v.pb2:
+				le64(b, 0xE1, uint64(v.resLogical(v.fdc, n.fd)))
+				le32(b, 0xE9, g.fdAddr(n.fd))
+			case n == v.sdd:
+				le64(b, 0x105, uint64(v.resLogical(v.fdc, n.fd)))
+				le32(b, 0x10D, g.fdAddr(n.fd))
+			}
+		}
 		le64(b, 0xFD, 1)
 	}
 	if g.vmfs == 6 {
-		le32(b, 0xDD, 16384)
+		le32(b, 0xDD, 64)
 		le16(b, 0x112, 1)
 		le32(b, 0x130, 512)
 		le32(b, 0x134, uint32(g.md))

@@ -1,5 +1,7 @@
 package testimages
 
+import "fmt"
+
 // Geometry of each VMFS version as the generator lays it out
 // (vmfs-format.md §4, §6, §7, §11, §13: the real volumes' values).
 
@@ -19,6 +21,7 @@ const (
 	fdFile    = 3
 	fdSymlink = 4
 	fdSys     = 5
+	fdRDM     = 6
 )
 
 // Zero-level address types (how an FD's pointer array is read).
@@ -26,6 +29,7 @@ const (
 	zlaDirect   = 1
 	zlaSubBlock = 2
 	zlaPointer  = 3
+	zlaPB2      = 5 // single indirect through .pb2.sf (ESXi's VMFS6 .sbc.sf)
 	zlaDouble   = 0x10D0
 	zlaResident = 0x10D1
 )
@@ -58,6 +62,8 @@ type geometry struct {
 	fbb                resGeom
 	dense              bool // DENSE_SBPC sub-block addresses
 	hbSlot, hbSlots    int64
+	magic              uint32 // FS descriptor magic: 0x2FABF15E, 0x2FABF15F on VMFS-L
+	esxi               bool   // ESXi's layout of the system files (vmfs-format.md §15.1), not §13's
 }
 
 func geometryFor(v int) geometry {
@@ -90,6 +96,68 @@ func geometryFor(v int) geometry {
 			pb2: resGeom{32, 8, 64 << 10}, fbb: resGeom{512, 8, 0}, hbSlot: 0x1000, hbSlots: 1024,
 		}
 	}
+}
+
+// geometryOf is the geometry spec asks for: the version's, with the block
+// size, the in-place upgrade from VMFS3, DENSE_SBPC, VMFS-L and the layout
+// applied.
+func geometryOf(spec Spec) (geometry, error) {
+	g := geometryFor(spec.VMFS)
+	g.magic = 0x2FABF15E
+	switch spec.Layout {
+	case "", LayoutESXi:
+		g.esxi = true
+	case LayoutMinimal:
+	default:
+		return g, fmt.Errorf("testimages: layout %q: want %q or %q", spec.Layout, LayoutESXi, LayoutMinimal)
+	}
+	if spec.Upgraded && spec.VMFS != 5 {
+		return g, fmt.Errorf("testimages: an upgraded volume is VMFS5 (upgraded in place from VMFS3), not VMFS%d", spec.VMFS)
+	}
+	if spec.NoDenseSBPC && spec.VMFS != 5 {
+		return g, fmt.Errorf("testimages: NoDenseSBPC applies to VMFS5 only")
+	}
+	if spec.Local && spec.VMFS == 3 {
+		return g, fmt.Errorf("testimages: VMFS-L exists with VMFS5 and VMFS6 geometry only")
+	}
+	switch bs := spec.BlockSize; {
+	case bs == 0 || bs == mib:
+	case spec.VMFS == 6:
+		return g, fmt.Errorf("testimages: block size %d: VMFS6 has 1 MiB blocks only", bs)
+	case spec.VMFS == 5 && !spec.Upgraded:
+		// A VMFS5 made by ESXi 5+ always has 1 MiB blocks; larger ones
+		// come from VMFS3 (vmfs-format.md §4, §11).
+		return g, fmt.Errorf("testimages: block size %d: a VMFS5 made as VMFS5 has 1 MiB blocks; set Upgraded for a VMFS3 block size", bs)
+	case bs == 2*mib || bs == 4*mib || bs == 8*mib:
+		g.blockSize = bs
+	default:
+		return g, fmt.Errorf("testimages: block size %d: want 1, 2, 4 or 8 MiB", bs)
+	}
+	// FDC start: round_up(4 MiB, blockSize) on VMFS3/5 (vmfs-format.md §4.1).
+	if g.vmfs != 6 {
+		g.fdcStart = (4*mib + g.blockSize - 1) / g.blockSize
+	}
+	if spec.Upgraded {
+		// An in-place VMFS3→VMFS5 upgrade keeps VMFS3's resource geometry
+		// (64 KiB sub-blocks, 16 per cluster), its block size and config
+		// 0x2 without DENSE_SBPC (vmfs-format.md §4, §15.1). The FS major
+		// becomes VMFS5's; the cluster geometry of the other resource files
+		// stays VMFS3's (guessed: the upgrade does not rewrite them).
+		v3 := geometryFor(3)
+		g.sbSize, g.sbc, g.fdc, g.pbc, g.fbb = v3.sbSize, v3.sbc, v3.fdc, v3.pbc, v3.fbb
+		g.pb2 = resGeom{16, 32, 4 << 10}
+	}
+	if spec.Upgraded || spec.NoDenseSBPC {
+		g.config &^= 0x4
+		g.dense = false
+	}
+	if spec.Local {
+		// VMFS-L ("local", ESXi's OSDATA): magic 0x2FABF15F and LVM flag bit 0
+		// (dissect.vmfs); otherwise VMFS5/6 geometry.
+		g.magic = 0x2FABF15F
+		g.config |= 0x100 // LOCAL, as dissect.vmfs names the bit (guessed: no VMFS-L sample)
+	}
+	return g, nil
 }
 
 // groupSize is the byte size of one cluster group of a resource file.
@@ -140,6 +208,15 @@ func (g geometry) sbAddr(i int64) uint64 {
 func (g geometry) pbAddr(i int64) uint64 {
 	c, r := uint64(i/g.pbc.rpc), uint64(i%g.pbc.rpc)
 	return 3 | c<<6 | (r&0xF)<<28
+}
+
+// pb2Addr is the address of PB2 resource i of .pb2.sf.
+func (g geometry) pb2Addr(i int64) uint64 {
+	c, r := uint64(i/g.pb2.rpc), uint64(i%g.pb2.rpc)
+	if g.vmfs == 6 {
+		return 5 | c<<6 | r<<56
+	}
+	return 5 | c<<6 | (r&0xF)<<28
 }
 
 func (g geometry) fdAddr(i int64) uint32 {

@@ -7,21 +7,28 @@ import (
 
 // Storage decisions and block allocation.
 
-// newRes makes a resource file with the given number of cluster groups.
-func (v *vol) newRes(name string, geom resGeom, groups int64) *resFile {
-	size := 0x10000 + groups*v.g.groupSize(geom)
-	return &resFile{name: name, geom: geom, groups: groups, nblocks: (size + v.g.blockSize - 1) / v.g.blockSize}
+// capacity is the number of resources f's header announces.
+func (f *resFile) capacity() int64 {
+	if f.numRes > 0 {
+		return f.numRes
+	}
+	return f.groups * f.geom.cpg * f.geom.rpc
 }
 
-func (f *resFile) capacity() int64 { return f.groups * f.geom.cpg * f.geom.rpc }
-
-// allocSB hands out the next sub-block.
+// allocSB hands out the next sub-block, from sbStart on, wrapping around.
 func (v *vol) allocSB() (int64, error) {
-	if v.nextSB >= v.sbc.capacity() {
-		return 0, fmt.Errorf("testimages: more than %d sub-blocks needed", v.sbc.capacity())
+	c := v.sbc.capacity()
+	if v.nextSB >= c {
+		return 0, fmt.Errorf("testimages: more than %d sub-blocks needed", c)
 	}
 	v.nextSB++
-	return v.nextSB - 1, nil
+	return (v.sbStart + v.nextSB - 1) % c, nil
+}
+
+// sbUsed reports whether sub-block i was handed out.
+func (v *vol) sbUsed(i int64) bool {
+	c := v.sbc.capacity()
+	return (i-v.sbStart+c)%c < v.nextSB
 }
 
 // allocPtrBlock hands out a pointer block: a PB on VMFS3/5, a sub-block on
@@ -88,6 +95,10 @@ func (a *blockAllocator) run(n, align int64) (int64, error) {
 // (512 MiB with 1 MiB blocks: sfbToLfbShift 9).
 const lfbBlocks = 512
 
+// dirSBMax is the size up to which a VMFS3/5 subdirectory stays in
+// sub-blocks (guessed: 64 KiB, one VMFS3 sub-block or eight VMFS5 ones).
+const dirSBMax = 64 << 10
+
 // decide picks n's storage form (vmfs-format.md §8) from its size and the
 // requested layout.
 func (v *vol) decide(n *node) error {
@@ -96,8 +107,20 @@ func (v *vol) decide(n *node) error {
 	P := g.ptrsPerBlock()
 	nb := (n.size + B - 1) / B
 	want := n.layout
+	if n.rdm {
+		// A mapping: fileLength is the LUN's size, no block is allocated;
+		// the FD's data area holds the LUN's SCSI id. ZLA 1 with an empty
+		// pointer array (guessed: no RDM sample).
+		n.zla, n.fdBlock, n.used = zlaDirect, B, "rdm"
+		n.ptrs = make([]uint64, g.ptrs)
+		return nil
+	}
 	if want == "" {
 		switch {
+		case n.typ == fdDir && n != v.root && v.g.vmfs != 6 && n.size > dirSBMax:
+			// VMFS3/5 directories move from sub-blocks to file blocks as
+			// they grow (guessed threshold).
+			want = "blocks"
 		case n.typ == fdDir && n != v.root:
 			want = "subblock"
 		case n.typ == fdSymlink && g.vmfs == 6:
@@ -163,6 +186,9 @@ func (v *vol) decide(n *node) error {
 // place allocates n's storage and records what must be written.
 func (v *vol) place(n *node, alloc *blockAllocator) error {
 	g := v.g
+	if n.rdm {
+		return nil
+	}
 	switch n.zla {
 	case zlaResident:
 		n.allocated = n.size
@@ -294,13 +320,23 @@ func (v *vol) fd(n *node) []byte {
 	le64(b, 4, uint64(off))
 	m := b[g.fdMeta:]
 	le32(m, 0x00, g.fdAddr(n.fd))
-	le32(m, 0x04, 1)
+	le32(m, 0x04, max(n.gen, 1))
 	nlink := uint32(1)
-	if n.typ == fdDir {
+	if n.isDir() {
 		nlink = 2
+		if g.esxi {
+			// ".." of every subdirectory links to it (the root's count
+			// includes .sdd.sf, §15.1).
+			for _, c := range n.children {
+				if c.isDir() {
+					nlink++
+				}
+			}
+		}
 	}
 	le32(m, 0x08, nlink)
 	le32(m, 0x0C, n.typ)
+	le32(m, 0x10, n.flags)
 	le64(m, 0x14, uint64(n.size))
 	le64(m, 0x1C, uint64(n.fdBlock))
 	le64(m, 0x24, uint64(n.numBlocks))
@@ -316,13 +352,23 @@ func (v *vol) fd(n *node) []byte {
 	if g.vmfs == 6 {
 		le32(m, 0x64, 0x66646D64) // "dmdf"
 		le32(m, 0x70, g.fdAddr(v.parentOf(n).fd))
+		if g.esxi && !n.system && n != v.root && n.zla != zlaResident && n.size > 0 {
+			// The affinity FD of a file with content is its parent
+			// directory (§15.1; "content" read as: allocates storage).
+			le32(m, 0x68, g.fdAddr(v.parentOf(n).fd))
+		}
 	}
 	if n.used == "lfb" {
 		le32(m, 0x8C, uint32(n.numBlocks)) // numLFB
 	}
 	if g.vmfs >= 5 {
-		le32(m, 0x6C, 20)
-		m[0x89] = byte(bits.TrailingZeros64(uint64(n.fdBlock)))
+		shift := bits.TrailingZeros64(uint64(n.fdBlock))
+		tbzShift := uint32(20) // VMFS6: the FS's 1 MiB tbzGranularity
+		if g.vmfs == 5 {
+			tbzShift = uint32(shift) // VMFS5: 13 on 8 KiB sub-block files, 20 on 1 MiB block files (§7)
+		}
+		le32(m, 0x6C, tbzShift)
+		m[0x89] = byte(shift)
 	}
 	if n.zla == zlaResident {
 		n.fill(b[g.resident:g.resident+g.residentMax], 0)
@@ -334,6 +380,22 @@ func (v *vol) fd(n *node) []byte {
 		} else {
 			le32(b, int(g.ptrOff)+i*4, uint32(a))
 		}
+	}
+	if n.rdm {
+		// The mapped LUN's SCSI disk id in the FD's data area
+		// (FS3_RawDiskMap: type, len, lun, devType, scsiLevel, vendor,
+		// model, revision, id).
+		at := g.resident
+		if at == 0 {
+			at = g.ptrOff
+		}
+		id := fmt.Sprintf("naa.6000c29%025x", mix64(uint64(n.fd)^uint64(v.spec.Seed)))[:36]
+		b[at] = 0 // disk
+		b[at+1] = byte(len(id))
+		copy(b[at+6:], "VMware  ")
+		copy(b[at+14:], "Virtual disk    ")
+		copy(b[at+30:], "2.0 ")
+		copy(b[at+34:at+78], id)
 	}
 	return b
 }
@@ -356,21 +418,19 @@ func (v *vol) resHeader(f *resFile, numRes int64) []byte {
 	return b
 }
 
-// clusterHeaders writes the cluster headers of the VMFS3/5 resource files:
-// a lock block (type 0x10C00000 + resource type + 1, its own address) and
-// the metadata {clusterNum, total, free, nextFree} with a bitmap whose set
-// bits are free resources (vmfs-format.md §6.1). Readers need them only for
-// free-space accounting; VMFS6's layout of them is not known well enough to
-// write.
+// clusterHeaders writes the cluster headers of the resource files: a lock
+// block (type 0x10C00000 + resource type + 1, its own logical address) and
+// the cluster metadata with a bitmap whose set bits are free resources
+// (vmfs-format.md §6.1, §15.1). VMFS3/5 metadata: {clusterNum, total, free,
+// nextFree}, bitmap at +16. VMFS6 (ESXi layout only; §13's recipe has
+// none): signature "dmcr" at +0x10, u64 clusterNum +0x18, u16 total +0x20,
+// u16 free +0x22, version 1 at +0x30, bitmap at +0x80; the affinity table
+// at +0x8E0 is left empty. Readers need them only for free-space
+// accounting; see Manifest.FreeBlocks for .fbb.sf.
 func (v *vol) clusterHeaders() {
-	if v.g.vmfs == 6 {
+	g := v.g
+	if g.vmfs == 6 && !g.esxi {
 		return
-	}
-	type res struct {
-		f    *resFile
-		typ  uint32
-		n    int64 // resources described
-		used func(i int64) bool
 	}
 	fds := map[int64]bool{}
 	for _, n := range v.nodes {
@@ -382,46 +442,99 @@ func (v *vol) clusterHeaders() {
 		}
 	}
 	total := int64(len(v.used))
-	list := []res{
-		{v.fbb, 2, total, func(i int64) bool { return v.used[i] }},
-		{v.sbc, 3, v.sbc.capacity(), func(i int64) bool { return i < v.nextSB }},
-		{v.pbc, 4, v.pbc.capacity(), func(i int64) bool { return i < v.nextPB }},
-		{v.fdc, 5, v.fdc.capacity(), func(i int64) bool { return fds[i] }},
+	type res struct {
+		f    *resFile
+		geom resGeom
+		typ  uint32
+		n    int64 // resources described
+		used func(i int64) bool
 	}
-	H := v.g.clusterH
-	for _, r := range list {
-		geom := r.f.geom
-		if r.f == v.fbb {
-			geom = v.g.fbb
-		}
-		clusters := (r.n + geom.rpc - 1) / geom.rpc
-		for c := int64(0); c < clusters; c++ {
-			g, k := c/geom.cpg, c%geom.cpg
-			off := 0x10000 + g*v.g.groupSize(geom) + k*H
-			logical := r.f.first*v.g.blockSize + off
-			b := make([]byte, H)
-			le32(b, 0, 0x10C00000+r.typ)
-			le64(b, 4, uint64(logical))
-			m := b[H/2:]
-			items := min(geom.rpc, r.n-c*geom.rpc)
-			var free int64
-			next := int64(-1)
-			for i := int64(0); i < items; i++ {
-				if !r.used(c*geom.rpc + i) {
-					free++
-					m[16+i/8] |= 1 << (i % 8)
-					if next < 0 {
-						next = i
-					}
+	list := []res{
+		{v.sbc, v.sbc.geom, 3, v.sbc.capacity(), v.sbUsed},
+		{v.pbc, v.pbc.geom, 4, v.pbc.capacity(), func(i int64) bool { return i < v.nextPB }},
+		{v.fdc, v.fdc.geom, 5, v.fdc.capacity(), func(i int64) bool { return fds[i] }},
+	}
+	if v.pb2 != nil {
+		list = append(list, res{v.pb2, v.pb2.geom, 6, v.pb2.capacity(), func(i int64) bool { return v.sbc.nblocks > g.ptrs && i == 0 }})
+	}
+	if v.jbc != nil {
+		list = append(list, res{v.jbc, v.jbc.geom, 7, v.jbc.capacity(), func(int64) bool { return false }})
+	}
+	if g.vmfs == 6 {
+		// .fbb.sf: LFB clusters of 16 large blocks (an LFB is free when
+		// every block of its 512 MiB exists and is free), and SFB cluster
+		// c's header as LFB resource c, inside the LFB cluster group
+		// (0x20000 + c·0x2000 in the first group).
+		lfbFree := func(i int64) bool {
+			if (i+1)*lfbBlocks > total {
+				return false
+			}
+			for b := i * lfbBlocks; b < (i+1)*lfbBlocks; b++ {
+				if v.used[b] {
+					return false
 				}
 			}
-			le32(m, 0, uint32(c))
-			le32(m, 4, uint32(items))
-			le32(m, 8, uint32(free))
-			le32(m, 12, uint32(max(next, 0)))
-			v.writes = append(v.writes, write{logical, b})
+			return true
+		}
+		nLFB := (total + lfbBlocks - 1) / lfbBlocks
+		list = append(list, res{v.fbb, lfbGeom, 8, nLFB, func(i int64) bool { return !lfbFree(i) }})
+		for c := int64(0); c < nLFB; c++ {
+			off := v.fileLogical(v.fbb, g.resOffset(lfbGeom, c))
+			v.writes = append(v.writes, write{off, v.clusterHeader(off, 2, c, g.fbb.rpc, min(g.fbb.rpc, total-c*g.fbb.rpc), func(i int64) bool { return v.used[c*g.fbb.rpc+i] })})
+		}
+	} else {
+		list = append(list, res{v.fbb, g.fbb, 2, total, func(i int64) bool { return v.used[i] }})
+	}
+	for _, r := range list {
+		if r.geom.rpc == 0 {
+			continue
+		}
+		clusters := (r.n + r.geom.rpc - 1) / r.geom.rpc
+		for c := int64(0); c < clusters; c++ {
+			grp, k := c/r.geom.cpg, c%r.geom.cpg
+			off := v.fileLogical(r.f, 0x10000+grp*g.groupSize(r.geom)+k*g.clusterH)
+			items := min(r.geom.rpc, r.n-c*r.geom.rpc)
+			v.writes = append(v.writes, write{off, v.clusterHeader(off, r.typ, c, r.geom.rpc, items, func(i int64) bool { return r.used(c*r.geom.rpc + i) })})
 		}
 	}
+}
+
+// clusterHeader encodes the header of cluster c (lock block and metadata)
+// at logical offset off: items resources of which used tells the used ones.
+func (v *vol) clusterHeader(off int64, typ uint32, c, rpc, items int64, used func(i int64) bool) []byte {
+	H := v.g.clusterH
+	b := make([]byte, H)
+	le32(b, 0, 0x10C00000+typ)
+	le64(b, 4, uint64(off))
+	m := b[H/2:]
+	bitmapAt := int64(16)
+	if v.g.vmfs == 6 {
+		bitmapAt = 0x80
+	}
+	var free int64
+	next := int64(-1)
+	for i := int64(0); i < items; i++ {
+		if !used(i) {
+			free++
+			m[bitmapAt+i/8] |= 1 << (i % 8)
+			if next < 0 {
+				next = i
+			}
+		}
+	}
+	if v.g.vmfs == 6 {
+		le32(m, 0x10, 0x72636D64) // "dmcr"
+		le64(m, 0x18, uint64(c))
+		le16(m, 0x20, uint16(items))
+		le16(m, 0x22, uint16(free))
+		le32(m, 0x30, 1)
+		return b
+	}
+	le32(m, 0, uint32(c))
+	le32(m, 4, uint32(items))
+	le32(m, 8, uint32(free))
+	le32(m, 12, uint32(max(next, 0)))
+	return b
 }
 
 // placeLFB lays n out in VMFS6 large file blocks: a direct array of LFB

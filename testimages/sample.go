@@ -1,5 +1,7 @@
 package testimages
 
+import "fmt"
+
 // Sample returns a volume spec that covers every layout the generator can
 // make on the given VMFS version: thin, lazy (TBZ blocks full of garbage) and
 // eager disks; snapshot chains of the version's default delta format (three
@@ -121,4 +123,83 @@ func holeRange(from, to int64) []int64 {
 		h = append(h, i)
 	}
 	return h
+}
+
+// CollidingNames returns n names prefix000000, prefix000001, … chosen so
+// that all share one VMFS6 hash index (hash % 16001, or % 15973 in the
+// root) with distinct link hashes: in a hashed directory they make a link
+// group (location type 2) that fills its 12 links and chains to the next
+// through nextGroup when n > 12 (vmfs-format.md §9.2).
+func CollidingNames(n int, prefix string, root bool) []string {
+	mod := uint64(dirMod)
+	if root {
+		mod = dirRootMod
+	}
+	type bucket struct {
+		names []string
+		h16   map[uint16]bool
+	}
+	buckets := map[uint64]*bucket{}
+	for i := 0; ; i++ {
+		name := fmt.Sprintf("%s%06d", prefix, i)
+		h := vmfs6NameHash(name)
+		bk := buckets[h%mod]
+		if bk == nil {
+			bk = &bucket{h16: map[uint16]bool{}}
+			buckets[h%mod] = bk
+		}
+		if bk.h16[uint16(h>>16)] {
+			continue
+		}
+		bk.h16[uint16(h>>16)] = true
+		bk.names = append(bk.names, name)
+		if len(bk.names) == n {
+			return bk.names
+		}
+	}
+}
+
+// BigDirSpec is a volume of large directories: big/some with 300 entries
+// (VMFS3/5: several sub-blocks), big/many with 8000 (VMFS3/5: file blocks,
+// two of them with 1 MiB blocks; VMFS6: 573 directory blocks, many hash
+// indexes shared through link groups), and on VMFS6 big/collide, whose 15
+// names share one hash index (a link group of 12 links chained to a second
+// one) and 3 more another. A few files hold data.
+func BigDirSpec(vmfs int) Spec {
+	s := Spec{
+		VMFS: vmfs, Seed: int64(vmfs)*1000 + 5, Label: "bigdir",
+		Files: []FileSpec{
+			{Path: "big/some", Type: "dir", Entries: 300, Prefix: "entry-"},
+			{Path: "big/many", Type: "dir", Entries: 8000, Prefix: "file-with-a-longer-name-"},
+			{Path: "big/some/data.bin", Size: 100000},
+			{Path: "big/many/data.bin", Size: 3 << 20},
+		},
+	}
+	if vmfs == 6 {
+		s.Files = append(s.Files,
+			FileSpec{Path: "big/collide", Type: "dir", Names: append(CollidingNames(15, "c", false), CollidingNames(3, "d", false)...)},
+			FileSpec{Path: "big/collide/data.bin", Size: 5000})
+	}
+	return s
+}
+
+// RDMSpec is IssueSpec's disks next to two raw device mappings (physical
+// compatibility, 100 GiB, and virtual, 2 TiB: descriptors and mapping FDs
+// of type 6 without data) and a huge sparse file that needs double
+// indirection (ZLA 0x10D0): 300 GiB on VMFS5 (over the 256 GiB of single
+// indirection), 3 TiB on VMFS6 (over 2.5 TiB), data in its first four and
+// last two blocks.
+func RDMSpec(vmfs int) Spec {
+	s := IssueSpec(vmfs)
+	s.Seed, s.Label = int64(vmfs)*1000+7, "rdm"
+	s.Disks = append(s.Disks,
+		DiskSpec{Path: "rdm/lun-p.vmdk", Type: RDMPhysical, Size: 100 << 30},
+		DiskSpec{Path: "rdm/lun-v.vmdk", Type: RDMVirtual, Size: 2 << 40})
+	size := int64(300 << 30)
+	if vmfs == 6 {
+		size = 3 << 40
+	}
+	nb := size >> 20
+	s.Files = append(s.Files, FileSpec{Path: "huge/huge.bin", Size: size - 4096, Allocate: []int64{0, 1, 2, 3, nb - 2, nb - 1}})
+	return s
 }

@@ -66,6 +66,9 @@ func (l *layer) grainSets() (data, zeroed, unmapped intervals) {
 // data: from the top down, a layer's data counts where no layer above it
 // stored data or zeroed the range.
 func (l *layer) allocated() int64 {
+	if l.rdm() {
+		return 0
+	}
 	var covered intervals
 	var n int64
 	for x := l; x != nil; x = x.parent {
@@ -92,6 +95,9 @@ func (l *layer) allocated() int64 {
 	return n
 }
 
+// rdm reports whether l is a raw device mapping.
+func (l *layer) rdm() bool { return l.kind == RDMPhysical || l.kind == RDMVirtual }
+
 func (l *layer) chain() []string {
 	var c []string
 	for x := l; x != nil; x = x.parent {
@@ -110,6 +116,10 @@ func (l *layer) descriptor() []byte {
 		createType, extType = "vmfsSparse", "VMFSSPARSE"
 	case SESparse:
 		createType, extType = "seSparse", "SESPARSE"
+	case RDMPhysical:
+		createType, extType = "vmfsPassthroughRawDeviceMap", "VMFSRDM"
+	case RDMVirtual:
+		createType, extType = "vmfsRawDeviceMap", "VMFSRAW"
 	}
 	if l.parent != nil {
 		parentCID = l.parent.cid

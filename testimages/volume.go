@@ -1,7 +1,6 @@
 package testimages
 
 import (
-	"encoding/binary"
 	"fmt"
 	"path"
 	"sort"
@@ -24,7 +23,9 @@ type node struct {
 	target   string                    // symlink target
 	system   bool
 	res      *resFile // system resource file this node is
-	fixedIdx int      // VMFS6 root: fixed hash index of a system file
+	gen      uint32   // FD generation (directory entries repeat it)
+	flags    uint32   // FD flags (8 on ESXi's VMFS6 .sbc.sf)
+	rdm      bool     // a raw device mapping: size, no data
 
 	// Decided when laid out.
 	zla       uint32
@@ -64,13 +65,15 @@ func bytesContent(b []byte) func(p []byte, off int64) {
 }
 
 // resFile is a system resource file (.fbb.sf, .fdc.sf …): a header, and
-// resources at resOffset inside a run of contiguous blocks.
+// resources at resOffset inside its file blocks, which need not be
+// contiguous (ESXi's VMFS6 .fdc.sf and .sbc.sf are not).
 type resFile struct {
 	name    string
 	geom    resGeom
 	groups  int64
-	count   int64 // resources in use (or the number of file blocks, for .fbb.sf)
-	first   int64 // first block
+	numRes  int64   // resources the header announces; 0: groups·cpg·rpc
+	size    int64   // file length: header, whole groups, the last one maybe cut short
+	blocks  []int64 // file blocks in file order, once laid out
 	nblocks int64
 	hdr     []byte // header (and, on VMFS6 .fbb.sf, the child header)
 }
@@ -86,6 +89,8 @@ type vol struct {
 	fdc, sbc, pbc, fbb, pb2, jbc, vh *resFile
 	nextBlock                        int64
 	nextSB, nextPB                   int64
+	sbStart                          int64 // first sub-block handed out
+	sdd                              *node // .sdd.sf, when the layout has it
 	usedBlocks                       int64
 	used                             []bool // used file blocks, by block number
 
@@ -161,29 +166,50 @@ func (v *vol) add(n *node) error {
 	return nil
 }
 
-// assignFDs numbers the FDs: root 0, system files 1–8, the rest from 9 in
-// tree order.
+// assignFDs numbers the FDs: root 0, system files at their fixed numbers,
+// the rest in tree order from the first free one — 9 in the minimal layout;
+// in ESXi's, 9 on VMFS6, 8 on VMFS5 and 6 on VMFS3 (the real volumes'
+// first user FDs; VMFS3's guessed), and on an upgraded VMFS5 .pb2.sf and
+// .sdd.sf after the user files. In ESXi's layout user FDs get generations
+// 1, 2, … in that (creation) order.
 func (v *vol) assignFDs() {
 	v.byFD = map[int64]*node{}
 	next := int64(9)
+	if v.g.esxi {
+		next = map[int]int64{3: 6, 5: 8, 6: 9}[v.g.vmfs]
+	}
+	if v.spec.Upgraded {
+		next = 6
+	}
+	gen := uint32(0)
+	var late []*node
 	var walk func(n *node)
 	walk = func(n *node) {
-		if n.system {
-			// fixed
-		} else if n == v.root {
-			n.fd = 0
-		} else {
+		switch {
+		case n.system && n.fd < 0:
+			late = append(late, n)
+		case n.system:
+			v.byFD[n.fd] = n
+		case n == v.root:
+			n.fd, n.gen = 0, 1
+			v.byFD[n.fd] = n
+		default:
 			n.fd = next
 			next++
+			gen++
+			n.gen = 1
+			if v.g.esxi {
+				n.gen = gen
+			}
+			v.byFD[n.fd] = n
 		}
-		v.byFD[n.fd] = n
 		v.nodes = append(v.nodes, n)
 		sort.SliceStable(n.children, func(i, j int) bool {
 			if n.children[i].system != n.children[j].system {
 				return n.children[i].system
 			}
 			if n.children[i].system {
-				return n.children[i].fd < n.children[j].fd
+				return sysOrder(n.children[i]) < sysOrder(n.children[j])
 			}
 			return n.children[i].name < n.children[j].name
 		})
@@ -192,36 +218,53 @@ func (v *vol) assignFDs() {
 		}
 	}
 	walk(v.root)
+	for _, n := range late {
+		n.fd = next
+		next++
+		v.byFD[n.fd] = n
+	}
+}
+
+// sysOrder orders the root's system files by their usual FD number.
+func sysOrder(n *node) int {
+	return map[string]int{".fbb.sf": 1, ".fdc.sf": 2, ".pbc.sf": 3, ".sbc.sf": 4, ".vh.sf": 5, ".pb2.sf": 6, ".sdd.sf": 7, ".jbc.sf": 8}[n.name]
 }
 
 // resLogical is the logical volume offset of resource i of f.
 func (v *vol) resLogical(f *resFile, i int64) int64 {
-	return f.first*v.g.blockSize + v.g.resOffset(f.geom, i)
+	return v.fileLogical(f, v.g.resOffset(f.geom, i))
+}
+
+// fileLogical is the logical volume offset of byte off of f.
+func (v *vol) fileLogical(f *resFile, off int64) int64 {
+	B := v.g.blockSize
+	return f.blocks[off/B]*B + off%B
 }
 
 // Directory contents.
 
 // dirLinear builds a VMFS3/5 directory: 0x8C-byte entries, "." and ".."
-// first (vmfs-format.md §9.1).
+// first (vmfs-format.md §9.1). Entries repeat the child's generation.
 func (v *vol) dirLinear(d *node) []byte {
-	ents := []struct {
+	type ent struct {
 		typ  uint32
-		fd   int64
+		n    *node
 		name string
-	}{{fdDir, d.fd, "."}, {fdDir, v.parentOf(d).fd, ".."}}
+	}
+	self := uint32(fdDir)
+	if d.system {
+		self = fdSys // .sdd.sf: "." is typed as a system file
+	}
+	ents := []ent{{self, d, "."}, {fdDir, v.parentOf(d), ".."}}
 	for _, c := range d.children {
-		ents = append(ents, struct {
-			typ  uint32
-			fd   int64
-			name string
-		}{c.typ, c.fd, c.name})
+		ents = append(ents, ent{c.typ, c, c.name})
 	}
 	b := make([]byte, len(ents)*0x8C)
 	for i, e := range ents {
 		o := i * 0x8C
 		le32(b, o, e.typ)
-		le32(b, o+4, v.g.fdAddr(e.fd))
-		le32(b, o+8, 1)
+		le32(b, o+4, v.g.fdAddr(e.n.fd))
+		le32(b, o+8, e.n.gen)
 		copy(b[o+12:o+12+128], e.name)
 	}
 	return b
@@ -240,92 +283,177 @@ var vmfs6SysIndex = map[string]int{
 	".vh.sf": 0x3E6A, ".pb2.sf": 0x3E6B, ".sdd.sf": 0x3E6C, ".jbc.sf": 0x3E6D,
 }
 
+// VMFS6 hashed directory geometry (vmfs-format.md §9.2).
+const (
+	dirHdrSize     = 0x10000
+	dirSlots       = 14 // entry slots per block
+	dirEntSize     = 0x120
+	dirTableAt     = 0x5F8
+	dirBlockHdr    = 0x40
+	dirLinkSize    = 0x54
+	dirLinksPerGrp = 12
+	dirRootMod     = 15973
+	dirMod         = 16001
+)
+
+// dirLinkSlots is the number of link groups in one link block.
+func (g geometry) dirLinkSlots() int64 { return (g.md - dirBlockHdr) / dirLinkSize }
+
 // dirHashed builds a VMFS6 hashed directory (vmfs-format.md §9.2): a 64 KiB
-// header with "." and ".." and the hash table, an allocation-map block, and
-// entry blocks of 14 slots.
+// header with "." and ".." and the hash table, an allocation-map block,
+// entry blocks of 14 slots, then link blocks. A hash index that several
+// names share points to a link group (location type 2) of up to 12 links
+// {entry location, hash16}; a full group chains to the next through
+// nextGroup. .sdd.sf has no entry block at all (0x11000 bytes, as ESXi
+// writes it).
 func (v *vol) dirHashed(d *node) ([]byte, error) {
 	const (
-		hdrSize   = 0x10000
-		slots     = 14
-		entSize   = 0x120
-		tableAt   = 0x5F8
-		blockHdr  = 0x40
 		dotAt     = 0x3B8
 		dotdotAt  = 0x4D8
 		versionID = 0x00F50001
 	)
 	md := v.g.md
 	nEnt := int64(len(d.children))
-	entryBlocks := max(1, (nEnt+slots-1)/slots)
-	size := hdrSize + (1+entryBlocks)*md
+	entryBlocks := max(1, (nEnt+dirSlots-1)/dirSlots)
+	if d.system {
+		entryBlocks = 0
+	}
+	modulus := uint64(dirMod)
+	if d == v.root {
+		modulus = dirRootMod
+	}
+	// Hash indexes, and the link groups of shared ones.
+	idxOf := make([]uint64, nEnt)
+	byIdx := map[uint64][]int{}
+	var order []uint64
+	for i, c := range d.children {
+		var idx uint64
+		if c.system && d == v.root {
+			idx = uint64(vmfs6SysIndex[c.name])
+		} else {
+			idx = vmfs6NameHash(c.name) % modulus
+		}
+		idxOf[i] = idx
+		if byIdx[idx] == nil {
+			order = append(order, idx)
+		}
+		byIdx[idx] = append(byIdx[idx], i)
+	}
+	var groups int64
+	for _, idx := range order {
+		if k := int64(len(byIdx[idx])); k > 1 {
+			groups += (k + dirLinksPerGrp - 1) / dirLinksPerGrp
+		}
+	}
+	perLinkBlock := v.g.dirLinkSlots()
+	linkBlocks := (groups + perLinkBlock - 1) / perLinkBlock
+	size := dirHdrSize + (1+entryBlocks+linkBlocks)*md
 	b := make([]byte, size)
 	le32(b, 0, versionID)
 	le32(b, 4, uint32(nEnt+2))
 	le32(b, 8, uint32(nEnt+2))
 	le32(b, 0xC, 1) // one allocation-map block, block 0
-	entry := func(o int64, typ uint32, fd int64, hash uint32, name string) {
+	entry := func(o int64, typ uint32, n *node, hash uint32, name string) {
 		le32(b, int(o), typ)
-		le32(b, int(o)+4, v.g.fdAddr(fd))
-		le32(b, int(o)+8, 1)
+		le32(b, int(o)+4, v.g.fdAddr(n.fd))
+		le32(b, int(o)+8, n.gen)
 		le32(b, int(o)+12, hash)
 		le64(b, int(o)+16, uint64(o))
 		copy(b[o+24:o+24+256], name)
 	}
-	entry(dotAt, fdDir, d.fd, 0, ".")
-	entry(dotdotAt, fdDir, v.parentOf(d).fd, 0, "..")
-	modulus := uint64(16001)
-	if d == v.root {
-		modulus = 15973
+	self := uint32(fdDir)
+	if d.system {
+		self = fdSys // .sdd.sf: "." is typed as a system file (§15.1)
 	}
-	// Allocation map (block 0).
-	am := b[hdrSize : hdrSize+md]
+	entry(dotAt, self, d, 0, ".")
+	entry(dotdotAt, fdDir, v.parentOf(d), 0, "..")
+	// Allocation map (block 0): one nibble per block, high nibble first.
+	am := b[dirHdrSize : dirHdrSize+md]
 	le16(am, 0, 0)
 	le16(am, 2, 3)
 	nib := func(i int64, val byte) {
-		o := blockHdr + i/2
+		o := dirBlockHdr + i/2
 		if i%2 == 0 {
 			am[o] = am[o]&0x0F | val<<4
 		} else {
 			am[o] = am[o]&0xF0 | val
 		}
 	}
-	for i := int64(0); i < 2*(md-blockHdr); i++ {
+	for i := int64(0); i < 2*(md-dirBlockHdr); i++ {
 		nib(i, 8) // never written
 	}
 	nib(0, 3)
-	for k := int64(0); k < entryBlocks; k++ {
-		blk := b[hdrSize+(1+k)*md : hdrSize+(2+k)*md]
-		used := min(slots, nEnt-k*slots)
-		le16(blk, 0, 1)
-		le16(blk, 2, 1)
-		le16(blk, 4, slots)
-		le16(blk, 6, uint16(slots-used))
-		for s := used; s < slots; s++ {
-			blk[8+s/8] |= 1 << (s % 8)
+	blockHeader := func(blk int64, typ uint16, total, used int64) {
+		h := b[dirHdrSize+blk*md:]
+		le16(h, 0, 1)
+		le16(h, 2, typ)
+		le16(h, 4, uint16(total))
+		le16(h, 6, uint16(total-used))
+		for s := used; s < total; s++ {
+			h[8+s/8] |= 1 << (s % 8)
 		}
-		val := byte(1)
-		if used < slots {
+		val := byte(typ)
+		if used < total {
 			val |= 4
 		}
-		nib(1+k, val)
+		nib(blk, val)
 	}
+	for k := int64(0); k < entryBlocks; k++ {
+		blockHeader(1+k, 1, dirSlots, min(dirSlots, nEnt-k*dirSlots))
+	}
+	for k := int64(0); k < linkBlocks; k++ {
+		blockHeader(1+entryBlocks+k, 2, perLinkBlock, min(perLinkBlock, groups-k*perLinkBlock))
+	}
+	loc := make([]uint32, nEnt) // entry locations
 	for i, c := range d.children {
-		blk, slot := 1+int64(i)/slots, int64(i)%slots
-		o := hdrSize + blk*md + blockHdr + slot*entSize
-		h := vmfs6NameHash(c.name)
-		var idx uint64
+		blk, slot := 1+int64(i)/dirSlots, int64(i)%dirSlots
+		o := dirHdrSize + blk*md + dirBlockHdr + slot*dirEntSize
 		var hash32 uint32
-		if c.system && d == v.root {
-			idx = uint64(vmfs6SysIndex[c.name])
-		} else {
-			idx, hash32 = h%modulus, uint32(h)
+		if !(c.system && d == v.root) {
+			hash32 = uint32(vmfs6NameHash(c.name))
 		}
-		loc := tableAt + int(idx)*4
-		if binary.LittleEndian.Uint32(b[loc:]) != 0 {
-			return nil, fmt.Errorf("testimages: directory %q: hash index %d of %q is taken (link groups are not generated): rename the file", "/"+d.path, idx, c.name)
+		loc[i] = uint32(1 | blk<<2 | slot<<24)
+		entry(o, c.typ, c, hash32, c.name)
+	}
+	nextGroup := int64(0)
+	groupLoc := func(gi int64) uint32 {
+		blk, slot := 1+entryBlocks+gi/perLinkBlock, gi%perLinkBlock
+		return uint32(2 | blk<<2 | slot<<24)
+	}
+	for _, idx := range order {
+		members := byIdx[idx]
+		if len(members) == 1 {
+			le32(b, dirTableAt+int(idx)*4, loc[members[0]])
+			continue
 		}
-		le32(b, loc, uint32(1|blk<<2|slot<<24))
-		entry(o, c.typ, c.fd, hash32, c.name)
+		seen := map[uint16]string{}
+		for _, i := range members {
+			h16 := uint16(vmfs6NameHash(d.children[i].name) >> 16)
+			if o, dup := seen[h16]; dup {
+				return nil, fmt.Errorf("testimages: directory %q: %q and %q share hash index %d and link hash %#x: rename one", "/"+d.path, o, d.children[i].name, idx, h16)
+			}
+			seen[h16] = d.children[i].name
+		}
+		le32(b, dirTableAt+int(idx)*4, groupLoc(nextGroup))
+		for len(members) > 0 {
+			k := min(len(members), dirLinksPerGrp)
+			gi := nextGroup
+			nextGroup++
+			blk, slot := 1+entryBlocks+gi/perLinkBlock, gi%perLinkBlock
+			o := int(dirHdrSize + blk*md + dirBlockHdr + slot*dirLinkSize)
+			le16(b, o, uint16(idx))
+			b[o+2] = dirLinksPerGrp
+			b[o+3] = byte(dirLinksPerGrp - k)
+			b[o+4] = byte(k) // next free link
+			for j, i := range members[:k] {
+				le32(b, o+6+j*6, loc[i])
+				le16(b, o+10+j*6, uint16(vmfs6NameHash(d.children[i].name)>>16))
+			}
+			members = members[k:]
+			if len(members) > 0 {
+				le32(b, o+0x4E, groupLoc(nextGroup))
+			}
+		}
 	}
 	return b, nil
 }

@@ -21,14 +21,21 @@ func mkimageCommand() *cli.Command {
 		Description: `Writes a sparse VMFS3/5/6 volume to OUT (or OUT.0 … OUT.N-1 with --extents N) and prints the
 ground truth: every file, and every virtual disk with its size, allocated bytes and sha256.
 
-   --disk PATH,type=thin|lazy|eager,size=SIZE[,fill=PCT][,seed=N]
+   --disk PATH,type=thin|lazy|eager|rdmp|rdm,size=SIZE[,fill=PCT][,seed=N]
         a descriptor PATH (e.g. vm1/vm1.vmdk) and its flat extent; fill is the share of the disk
         holding data in percent (default 0 thin, 50 lazy, 100 eager). Lazy disks' blocks without
-        data are to-be-zeroed and hold garbage on the volume.
+        data are to-be-zeroed and hold garbage on the volume. type=rdmp / rdm make a raw device
+        mapping of a SIZE LUN (physical / virtual compatibility): the descriptor and a
+        PATH-rdmp.vmdk / PATH-rdm.vmdk mapping file without data.
    --snapshot PATH[,fill=PCT][,seed=N][,delta=cowd|sesparse]
         one more delta on the chain whose base descriptor is PATH (vm1/vm1-000001.vmdk, then -000002…);
         the default delta is cowd on VMFS3/5 and sesparse on VMFS6.
-   --file PATH[,size=SIZE][,type=file|dir|symlink][,target=T][,layout=resident|subblock|blocks|pointer|double]
+   --file PATH[,size=SIZE][,type=file|dir|symlink][,target=T][,layout=resident|subblock|blocks|pointer|double|lfb]
+          [,entries=N[,prefix=P]]
+        entries=N fills a directory with N empty files named P0000, P0001, … (default P "f"), to
+        make large directories (VMFS6: shared hash indexes become link groups).
+   --big-dirs adds testimages.BigDirSpec's directories (300 and 8000 entries; VMFS6: names
+        that share one hash index, chained link groups).
 
 EXAMPLE:
    vmfs2vhd mkimage --vmfs 6 --disk vm1/vm1.vmdk,type=thin,size=64MiB,fill=30 \
@@ -41,6 +48,12 @@ EXAMPLE:
 			&cli.StringSliceFlag{Name: "snapshot", Usage: "add a delta to a disk's chain (see above)"},
 			&cli.StringSliceFlag{Name: "file", Usage: "add a plain file, directory or symlink (see above)"},
 			&cli.BoolFlag{Name: "sample", Usage: "add the sample content that covers every layout"},
+			&cli.BoolFlag{Name: "big-dirs", Usage: "add large directories (see above)"},
+			&cli.StringFlag{Name: "block-size", Value: "1MiB", Usage: "file block size: 1MiB, or 2MiB, 4MiB, 8MiB on VMFS3 and with --upgraded"},
+			&cli.BoolFlag{Name: "upgraded", Usage: "VMFS5 as an in-place upgrade from VMFS3 leaves it: the VMFS3 block size, 64 KiB sub-blocks, no DENSE_SBPC, .pb2.sf/.sdd.sf found through the FS descriptor, in an MBR partition unless --partition says otherwise"},
+			&cli.BoolFlag{Name: "no-dense-sbpc", Usage: "VMFS5 without DENSE_SBPC in its config: sub-block addresses with 4 resource bits"},
+			&cli.BoolFlag{Name: "local", Usage: "make VMFS-L (magic 0x2FABF15F, LVM flag 1) with VMFS5 or VMFS6 geometry"},
+			&cli.BoolFlag{Name: "minimal", Usage: "lay the system files out by the minimal recipe (every one contiguous and mapped directly) instead of as ESXi does"},
 			&cli.StringFlag{Name: "label", Usage: "volume label"},
 			&cli.Int64Flag{Name: "seed", Value: 1, Usage: "seed of UUIDs and content"},
 			&cli.StringFlag{Name: "partition", Usage: "put a partition table on each device: mbr or gpt"},
@@ -63,6 +76,10 @@ func runMkimage(c *cli.Context) error {
 	spec := testimages.Spec{
 		VMFS: c.Int("vmfs"), Extents: c.Int("extents"), Label: c.String("label"), Seed: c.Int64("seed"),
 		Partition: c.String("partition"), LiveHeartbeat: c.Bool("live-heartbeat"),
+		Upgraded: c.Bool("upgraded"), NoDenseSBPC: c.Bool("no-dense-sbpc"), Local: c.Bool("local"),
+	}
+	if c.Bool("minimal") {
+		spec.Layout = testimages.LayoutMinimal
 	}
 	if spec.VMFS != 3 && spec.VMFS != 5 && spec.VMFS != 6 {
 		return usageErrorf("mkimage: --vmfs %d: want 3, 5 or 6", spec.VMFS)
@@ -74,7 +91,21 @@ func runMkimage(c *cli.Context) error {
 		s := testimages.Sample(spec.VMFS)
 		spec.Disks, spec.Snapshots, spec.Files = s.Disks, s.Snapshots, s.Files
 	}
+	if c.Bool("big-dirs") {
+		spec.Files = append(spec.Files, testimages.BigDirSpec(spec.VMFS).Files...)
+	}
 	var err error
+	if spec.BlockSize, err = parseSize(c.String("block-size")); err != nil {
+		return usageErrorf("mkimage: --block-size: %v", err)
+	}
+	switch spec.BlockSize >> 20 {
+	case 1, 2, 4, 8:
+		if spec.BlockSize&(1<<20-1) != 0 {
+			return usageErrorf("mkimage: --block-size %s: want 1MiB, 2MiB, 4MiB or 8MiB", c.String("block-size"))
+		}
+	default:
+		return usageErrorf("mkimage: --block-size %s: want 1MiB, 2MiB, 4MiB or 8MiB", c.String("block-size"))
+	}
 	if s := c.String("size"); s != "" {
 		if spec.Size, err = parseSize(s); err != nil {
 			return usageErrorf("mkimage: --size: %v", err)
@@ -200,11 +231,11 @@ func parseDiskSpec(s string) (testimages.DiskSpec, error) {
 	}
 	d := testimages.DiskSpec{Path: p, Type: kv["type"]}
 	switch d.Type {
-	case testimages.Thin, testimages.Lazy, testimages.Eager:
+	case testimages.Thin, testimages.Lazy, testimages.Eager, testimages.RDMPhysical, testimages.RDMVirtual:
 	case "":
-		return d, fmt.Errorf("field type is required: thin, lazy or eager")
+		return d, fmt.Errorf("field type is required: thin, lazy, eager, rdmp or rdm")
 	default:
-		return d, fmt.Errorf("field type=%q: want thin, lazy or eager", d.Type)
+		return d, fmt.Errorf("field type=%q: want thin, lazy, eager, rdmp or rdm", d.Type)
 	}
 	sz, ok := kv["size"]
 	if !ok {
@@ -242,11 +273,21 @@ func parseSnapshotSpec(s string) (testimages.SnapshotSpec, error) {
 }
 
 func parseFileSpec(s string) (testimages.FileSpec, error) {
-	p, kv, err := specFields(s, "size", "type", "target", "layout", "seed")
+	p, kv, err := specFields(s, "size", "type", "target", "layout", "seed", "entries", "prefix")
 	if err != nil {
 		return testimages.FileSpec{}, err
 	}
-	f := testimages.FileSpec{Path: p, Type: kv["type"], Target: kv["target"], Layout: kv["layout"]}
+	f := testimages.FileSpec{Path: p, Type: kv["type"], Target: kv["target"], Layout: kv["layout"], Prefix: kv["prefix"]}
+	if v, ok := kv["entries"]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 1<<20 {
+			return f, fmt.Errorf("field entries=%q: want a count from 0 to 1048576", v)
+		}
+		if f.Type != "dir" {
+			return f, fmt.Errorf("field entries applies to type=dir")
+		}
+		f.Entries = n
+	}
 	if v, ok := kv["size"]; ok {
 		if f.Size, err = parseSize(v); err != nil {
 			return f, fmt.Errorf("field size: %v", err)
