@@ -31,6 +31,10 @@ func build(spec Spec, out string) (*Manifest, *vol, error) {
 	if spec.Label == "" {
 		spec.Label = "vmfs2vhd-test"
 	}
+	spec, vmPlans, err := expandVMs(spec)
+	if err != nil {
+		return nil, nil, err
+	}
 	if spec.HashLimit == 0 {
 		spec.HashLimit = 16 << 30
 	}
@@ -213,7 +217,11 @@ func build(spec Spec, out string) (*Manifest, *vol, error) {
 		return nil, nil, err
 	}
 	m, err := v.manifest(dev, layers, volSize)
-	return m, v, err
+	if err != nil {
+		return nil, nil, err
+	}
+	m.VMs = vmManifests(vmPlans, m)
+	return m, v, nil
 }
 
 // blocks0 is the size of f in blocks; 0 for a resource file the version
@@ -284,10 +292,21 @@ func (v *vol) addDisks() ([]*layer, error) {
 		layers = append(layers, l)
 	}
 	count := map[string]int{}
+	byDesc := map[string]*layer{}
+	for _, l := range layers {
+		byDesc[l.desc] = l
+	}
 	for i, sn := range v.spec.Snapshots {
 		parent := leaf[sn.Base]
 		if parent == nil {
 			return nil, fmt.Errorf("testimages: snapshot of %q: no such disk", sn.Base)
+		}
+		if sn.Parent != "" {
+			p := byDesc[sn.Parent]
+			if p == nil || p.base() != parent.base() {
+				return nil, fmt.Errorf("testimages: snapshot of %q: parent %q is not in its chain", sn.Base, sn.Parent)
+			}
+			parent = p
 		}
 		if parent.rdm() {
 			return nil, fmt.Errorf("testimages: snapshot of %q: the generator makes no snapshots of raw device mappings", sn.Base)
@@ -321,6 +340,7 @@ func (v *vol) addDisks() ([]*layer, error) {
 		l.runs = scatter(l.size, fill, s, l.grain, l.grain, kind == SESparse)
 		parent.child = true
 		leaf[sn.Base] = l
+		byDesc[l.desc] = l
 		layers = append(layers, l)
 	}
 	for _, l := range layers {
@@ -365,7 +385,9 @@ func (v *vol) addFile(f FileSpec) error {
 		n.typ, n.size = fdFile, f.Size
 		seed := uint64(f.Seed) ^ mix64(uint64(v.spec.Seed)+uint64(len(f.Path)))
 		n.content = func(p []byte, off int64) { randFill(p, seed, off) }
-		if len(f.Allocate) > 0 {
+		if f.Content != nil {
+			n.size, n.content = int64(len(f.Content)), bytesContent(f.Content)
+		} else if len(f.Allocate) > 0 {
 			data := map[int64]bool{}
 			for _, i := range f.Allocate {
 				data[i] = true

@@ -70,6 +70,10 @@ type SnapshotSpec struct {
 	Fill  float64 // percent of the disk written in this delta; < 0 means 5
 	Seed  int64
 	Delta string // COWD or SESparse; "" means the volume version's default
+	// Parent, when set, is the descriptor of the chain of Base to build on
+	// instead of its current leaf: a revert to an older snapshot starts a
+	// new branch there. The new delta becomes the chain's current leaf.
+	Parent string
 }
 
 // FileSpec asks for an ordinary file, directory or symlink with a chosen
@@ -99,6 +103,8 @@ type FileSpec struct {
 	// Allocate, when set, lists the only file-block indexes that hold
 	// data: every other block is a hole (for huge sparse files).
 	Allocate []int64
+	// Content, when not nil, is the file's bytes (Size is ignored).
+	Content []byte
 }
 
 // Spec describes a whole volume.
@@ -135,6 +141,9 @@ type Spec struct {
 	Disks     []DiskSpec
 	Snapshots []SnapshotSpec
 	Files     []FileSpec
+	// VMs adds virtual machines as ESXi writes them (vm.go): their disks
+	// and snapshot trees become Disks and Snapshots, their files Files.
+	VMs []VMSpec
 	// HashLimit bounds the virtual size of disks whose full sha256 is
 	// computed (hashing a 2 TiB disk takes minutes); 0 means 64 GiB.
 	HashLimit int64
@@ -162,6 +171,8 @@ type Manifest struct {
 	FreeBlocks int64          `json:"free_blocks"`
 	Files      []ManifestFile `json:"files"`
 	Disks      []ManifestDisk `json:"disks"`
+	// VMs are the expected answers of `vmfs2vhd vms --json` for Spec.VMs.
+	VMs []ManifestVM `json:"vms,omitempty"`
 }
 
 // ManifestFile is one file, directory or symlink; Path is relative to the

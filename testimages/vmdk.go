@@ -98,6 +98,14 @@ func (l *layer) allocated() int64 {
 // rdm reports whether l is a raw device mapping.
 func (l *layer) rdm() bool { return l.kind == RDMPhysical || l.kind == RDMVirtual }
 
+// base is the bottom layer of l's chain.
+func (l *layer) base() *layer {
+	for l.parent != nil {
+		l = l.parent
+	}
+	return l
+}
+
 func (l *layer) chain() []string {
 	var c []string
 	for x := l; x != nil; x = x.parent {

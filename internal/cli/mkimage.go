@@ -34,6 +34,14 @@ ground truth: every file, and every virtual disk with its size, allocated bytes 
           [,entries=N[,prefix=P]]
         entries=N fills a directory with N empty files named P0000, P0001, … (default P "f"), to
         make large directories (VMFS6: shared hash indexes become link groups).
+   --vm NAME[,guest=OS][,firmware=bios|efi][,secureboot=1][,cpus=N][,cores=N][,memory=MIB][,running=1]
+          ,disk=NODE:TYPE:SIZE[:CONTROLLER[:FILL]]…[,nic=MODEL:MAC:NETWORK]…[,snapshot=NAME|revert=NAME]…
+        a VM as ESXi writes it, in folder NAME: .vmx, .vmsd, .nvram, .vmxf, logs, a .vmsn per
+        snapshot, a .vswp when running; disks in boot order (NODE scsi0:0, sata0:0, nvme0:0,
+        ide0:0; CONTROLLER the SCSI virtualDev: lsilogic, lsisas1068, pvscsi, buslogic); each
+        snapshot freezes the disks and starts new deltas, a revert starts them on the disks a
+        snapshot froze. --sample-vms adds three such VMs (EFI+pvscsi reverted, SATA+NVMe, IDE
+        running). The manifest lists what vms --json must say of each.
    --big-dirs adds testimages.BigDirSpec's directories (300 and 8000 entries; VMFS6: names
         that share one hash index, chained link groups).
 
@@ -49,6 +57,8 @@ EXAMPLE:
 			&cli.StringSliceFlag{Name: "file", Usage: "add a plain file, directory or symlink (see above)"},
 			&cli.BoolFlag{Name: "sample", Usage: "add the sample content that covers every layout"},
 			&cli.BoolFlag{Name: "big-dirs", Usage: "add large directories (see above)"},
+			&cli.StringSliceFlag{Name: "vm", Usage: "add a virtual machine (see above)"},
+			&cli.BoolFlag{Name: "sample-vms", Usage: "add three sample virtual machines (see above)"},
 			&cli.StringFlag{Name: "block-size", Value: "1MiB", Usage: "file block size: 1MiB, or 2MiB, 4MiB, 8MiB on VMFS3 and with --upgraded"},
 			&cli.BoolFlag{Name: "upgraded", Usage: "VMFS5 as an in-place upgrade from VMFS3 leaves it: the VMFS3 block size, 64 KiB sub-blocks, no DENSE_SBPC, .pb2.sf/.sdd.sf found through the FS descriptor, in an MBR partition unless --partition says otherwise"},
 			&cli.BoolFlag{Name: "no-dense-sbpc", Usage: "VMFS5 without DENSE_SBPC in its config: sub-block addresses with 4 resource bits"},
@@ -93,6 +103,16 @@ func runMkimage(c *cli.Context) error {
 	}
 	if c.Bool("big-dirs") {
 		spec.Files = append(spec.Files, testimages.BigDirSpec(spec.VMFS).Files...)
+	}
+	if c.Bool("sample-vms") {
+		spec.VMs = append(spec.VMs, testimages.SampleVMs()...)
+	}
+	for _, s := range c.StringSlice("vm") {
+		vm, err := parseVMSpec(s)
+		if err != nil {
+			return usageErrorf("mkimage: --vm %q: %v", s, err)
+		}
+		spec.VMs = append(spec.VMs, vm)
 	}
 	var err error
 	if spec.BlockSize, err = parseSize(c.String("block-size")); err != nil {
@@ -295,6 +315,93 @@ func parseFileSpec(s string) (testimages.FileSpec, error) {
 	}
 	f.Seed, err = parseSeed(kv)
 	return f, err
+}
+
+// parseVMSpec parses --vm NAME,key=value,…; disk, nic, snapshot and revert
+// may repeat and keep their order.
+func parseVMSpec(s string) (testimages.VMSpec, error) {
+	parts := strings.Split(s, ",")
+	vm := testimages.VMSpec{Name: parts[0]}
+	if vm.Name == "" || strings.Contains(vm.Name, "/") {
+		return vm, fmt.Errorf("want a VM name (no slash) before the first comma")
+	}
+	num := func(k, v string, max int) (int, error) {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > max {
+			return 0, fmt.Errorf("field %s=%q: want 1 to %d", k, v, max)
+		}
+		return n, nil
+	}
+	for _, p := range parts[1:] {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok {
+			return vm, fmt.Errorf("field %q: want key=value", p)
+		}
+		var err error
+		switch k {
+		case "guest":
+			vm.GuestOS = v
+		case "firmware":
+			if v != "bios" && v != "efi" {
+				return vm, fmt.Errorf("field firmware=%q: want bios or efi", v)
+			}
+			vm.Firmware = v
+		case "secureboot":
+			vm.SecureBoot = v == "1" || v == "true"
+		case "running":
+			vm.Running = v == "1" || v == "true"
+		case "cpus":
+			vm.CPUs, err = num(k, v, 768)
+		case "cores":
+			vm.CoresPerSocket, err = num(k, v, 768)
+		case "memory":
+			vm.MemoryMiB, err = num(k, v, 24<<20)
+		case "disk":
+			f := strings.Split(v, ":")
+			if len(f) < 4 {
+				return vm, fmt.Errorf("field disk=%q: want NODE:TYPE:SIZE[:CONTROLLER[:FILL]], e.g. scsi0:0:thin:16MiB:pvscsi", v)
+			}
+			d := testimages.VMDiskSpec{Node: f[0] + ":" + f[1], Type: f[2], Fill: -1}
+			switch d.Type {
+			case testimages.Thin, testimages.Lazy, testimages.Eager:
+			default:
+				return vm, fmt.Errorf("field disk=%q: type %q: want thin, lazy or eager", v, d.Type)
+			}
+			if d.Size, err = parseSize(f[3]); err != nil || d.Size <= 0 || d.Size%512 != 0 {
+				return vm, fmt.Errorf("field disk=%q: size %q: want a positive multiple of 512 bytes", v, f[3])
+			}
+			if len(f) > 4 {
+				d.ControllerType = f[4]
+			} else if strings.HasPrefix(d.Node, "scsi") {
+				d.ControllerType = "lsilogic"
+			}
+			if len(f) > 5 {
+				if d.Fill, err = parseFill(map[string]string{"fill": f[5]}); err != nil {
+					return vm, err
+				}
+			}
+			vm.Disks = append(vm.Disks, d)
+		case "nic":
+			f := strings.SplitN(v, ":", 8)
+			if len(f) != 8 {
+				return vm, fmt.Errorf("field nic=%q: want MODEL:MAC:NETWORK, e.g. vmxnet3:00:50:56:01:02:03:VM Network", v)
+			}
+			vm.NICs = append(vm.NICs, testimages.VMNICSpec{Model: f[0], MAC: strings.ToLower(strings.Join(f[1:7], ":")), Network: f[7]})
+		case "snapshot":
+			vm.Ops = append(vm.Ops, testimages.VMOp{Snapshot: v, Fill: -1})
+		case "revert":
+			vm.Ops = append(vm.Ops, testimages.VMOp{Revert: v, Fill: -1})
+		default:
+			return vm, fmt.Errorf("unknown field %q (known: guest, firmware, secureboot, cpus, cores, memory, running, disk, nic, snapshot, revert)", k)
+		}
+		if err != nil {
+			return vm, err
+		}
+	}
+	if len(vm.Disks) == 0 {
+		return vm, fmt.Errorf("a VM needs at least one disk=")
+	}
+	return vm, nil
 }
 
 // rejectLateFlags fails on an argument after the positionals that looks like
