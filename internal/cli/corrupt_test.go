@@ -388,6 +388,14 @@ func plan(t *testing.T, p *pristine) []variant {
 		if !f.System || f.Path == ".vh.sf" {
 			continue
 		}
+		if f.Type == "dir" {
+			// .sdd.sf, as ESXi lays it out: a directory, not a resource
+			// file (VMFS5: resident in its FD, which the FD flips cover).
+			if pos, ok := p.locate(read(f.Path, 0, min(sect, int(f.Size)))); ok && f.Size >= sect {
+				pl.flips("directory header of "+f.Path, pos, steps(0, 0x40, 4), defaultCat, defaultDisk)
+			}
+			continue
+		}
 		if pos, ok := p.locate(read(f.Path, 0, sect)); ok {
 			pl.flips("resource header of "+f.Path, pos, steps(0, 0x44, 4), defaultCat, defaultDisk)
 			pl.zero("resource header of "+f.Path, pos, defaultCat, defaultDisk)
