@@ -234,6 +234,11 @@ func describeVM(s *vmSource, vm *vmx.VM, children map[string][]string) vmReport 
 		case d.Path == "":
 			j.Problems = append(j.Problems, fmt.Sprintf("disk %s: %q cannot be resolved on this datastore", d.Node, d.FileName))
 		default:
+			if f, err := s.fsys.Open(d.Path); err != nil {
+				break // vmx.Load has said it is missing
+			} else {
+				f.Close()
+			}
 			info, err := vmdk.Scan(s.fsys, []string{d.Path})
 			if err != nil || len(info) != 1 {
 				j.Problems = append(j.Problems, fmt.Sprintf("disk %s (%s): %v", d.Node, d.Path, err))

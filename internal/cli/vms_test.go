@@ -296,3 +296,36 @@ func TestMkimageVM(t *testing.T) {
 		}
 	}
 }
+
+// vms on a local folder of .vmx files in the shapes ESXi 6.5-8.0,
+// Workstation and Fusion write (formats/vmx/testdata): every VM listed,
+// each missing disk reported once.
+func TestVMsLocalFolder(t *testing.T) {
+	dir := filepath.Join("..", "..", "formats", "vmx", "testdata")
+	vmxs, _ := filepath.Glob(filepath.Join(dir, "*.vmx"))
+	code, out, stderr := runCLI(t, "vms", "--json", dir)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var got []vmJSON
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(vmxs) || len(got) == 0 {
+		t.Fatalf("%d VMs listed, %d .vmx files", len(got), len(vmxs))
+	}
+	for _, g := range got {
+		seen := map[string]bool{}
+		for _, p := range g.Problems {
+			if strings.Contains(p, "not found") {
+				if seen[p] {
+					t.Errorf("%s: problem twice: %s", g.Name, p)
+				}
+				seen[p] = true
+			}
+		}
+		if g.Firmware != "bios" && g.Firmware != "efi" {
+			t.Errorf("%s: firmware %q", g.Name, g.Firmware)
+		}
+	}
+}
