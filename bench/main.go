@@ -139,6 +139,9 @@ func benchmark(ctx context.Context, cfg config) error {
 		}
 		fmt.Fprintf(os.Stderr, "   done in %s\n", time.Since(t0).Round(time.Second))
 	}
+	if err := b.updateWorkloads(ctx); err != nil { // issue 15 (update.go)
+		return err
+	}
 	if cfg.perf {
 		if err := b.profile(ctx, sz); err != nil {
 			b.res.note("perf profile failed: " + err.Error())

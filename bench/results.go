@@ -225,8 +225,9 @@ func (r *results) markdown() string {
 	r.twinTable(p)
 	r.metaTable(p)
 	r.nbdTable(p)
+	r.updateTable(p)
 	p("## Targets\n\n")
-	for _, t := range append(r.targets(), r.nbdTargets()...) {
+	for _, t := range append(append(r.targets(), r.nbdTargets()...), r.updateTargets()...) {
 		p("- %s\n", t)
 	}
 	if len(r.agreement) > 0 {

@@ -89,8 +89,12 @@ func runConvertAll(c *cli.Context) error {
 		}
 		r := batchResult{Disk: d.Path, Size: d.VirtualSize}
 		out := filepath.Join(dir, batchName(d.Path, f.ext()))
+		if c.Bool("update") {
+			out = recordedOutput(dir, out, v.Info().UUID, d.Chain)
+		}
 		src, err := openDisk(c, volumeFS(v), d.Path, d.Path)
 		if err == nil {
+			src.vol = v.Info().UUID
 			var res result
 			res, err = convertOne(c.Context, c, src, out, f, fo)
 			src.close()

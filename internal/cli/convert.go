@@ -42,6 +42,7 @@ func convertCommand() *cli.Command {
 	}
 	flags = append(flags, chainFlags()...)
 	flags = append(flags, vmFlags()...)
+	flags = append(flags, updateFlags()...)
 	return &cli.Command{
 		Name:      "convert",
 		Usage:     "convert a virtual disk to raw, VHD, VHDX or qcow2 in one pass",
@@ -73,6 +74,9 @@ EXAMPLES:
 
 func runConvert(c *cli.Context) error {
 	if err := rejectLateFlags(c); err != nil {
+		return err
+	}
+	if err := checkUpdateFlags(c); err != nil {
 		return err
 	}
 	if c.String("vm") != "" {
@@ -125,6 +129,9 @@ func runConvert(c *cli.Context) error {
 		return err
 	}
 	defer src.close()
+	if volume != nil {
+		src.vol = volume.Info().UUID
+	}
 	if c.Bool("json") && output == "-" {
 		return usageErrorf("convert: --json prints on stdout, which OUTPUT - already uses")
 	}
@@ -186,9 +193,14 @@ type result struct {
 	// BadRanges lists, in rescue mode, the unreadable source ranges left
 	// as zeros in the output.
 	BadRanges []convert.BadRange `json:"bad_ranges,omitempty"`
+	// Update says what convert --update applied (update.go).
+	Update *updateReport `json:"update,omitempty"`
 }
 
 func (r result) summary() string {
+	if r.Update != nil {
+		return r.updateSummary()
+	}
 	rate := ""
 	if r.Seconds > 0 {
 		rate = fmt.Sprintf(", %s/s", formatSize(int64(float64(r.DataBytes)/r.Seconds)))
@@ -203,6 +215,9 @@ func (r result) summary() string {
 
 // convertOne plans and writes one output.
 func convertOne(ctx context.Context, c *cli.Context, src *source, output string, f *outputFormat, fo formatOptions) (result, error) {
+	if c.Bool("update") {
+		return updateOne(ctx, c, src, output, f)
+	}
 	start := time.Now()
 	res := result{Source: src.name, Output: output, Format: f.name, VirtualSize: src.img.Size()}
 	rescue := c.Bool("rescue")
@@ -252,7 +267,7 @@ func convertOne(ctx context.Context, c *cli.Context, src *source, output string,
 	} else {
 		out, err := convert.CreateOutput(output, c.Bool("force"))
 		if err != nil {
-			return res, err
+			return res, outputExistsHint(output, err)
 		}
 		defer out.Abort()
 		if err := checkFreeSpace(filepath.Dir(output), layout); err != nil {
@@ -283,6 +298,9 @@ func convertOne(ctx context.Context, c *cli.Context, src *source, output string,
 			res.Verified = true
 		}
 		if err := out.Commit(layout.FileSize()); err != nil {
+			return res, err
+		}
+		if err := recordConversion(c, src, output, f, fo, bad.Total()); err != nil {
 			return res, err
 		}
 	}

@@ -60,6 +60,7 @@ type vmDiskPoint struct {
 	fsys vmdk.FS
 	path string
 	out  string
+	vol  string // for its provenance record (update.go)
 }
 
 func runConvertVM(c *cli.Context) error {
@@ -110,6 +111,7 @@ func runConvertVM(c *cli.Context) error {
 	vm := r.vm
 	// Other datastores: NAME|UUID=VOLUME.
 	others := map[string]*vmSource{}
+	otherIDs := map[string]string{}
 	for _, spec := range c.StringSlice("datastore") {
 		name, volume, ok := strings.Cut(spec, "=")
 		if !ok || name == "" || volume == "" {
@@ -121,6 +123,7 @@ func runConvertVM(c *cli.Context) error {
 		}
 		defer o.close()
 		others[name] = o
+		otherIDs[name] = vmRecordID(o, volume)
 	}
 	// The chain point of each disk: what the .vmx names, or the disks of
 	// --snapshot.
@@ -160,7 +163,7 @@ func runConvertVM(c *cli.Context) error {
 				ds, p = sd.Datastore, sd.Path
 			}
 		}
-		pt := vmDiskPoint{disk: d, fsys: s.fsys, path: p}
+		pt := vmDiskPoint{disk: d, fsys: s.fsys, path: p, vol: vmRecordID(s, c.Args().First())}
 		switch {
 		case d.Raw:
 			notes = append(notes, fmt.Sprintf("disk %s is a host's physical disk: not converted", d.Node))
@@ -170,7 +173,7 @@ func runConvertVM(c *cli.Context) error {
 			if o == nil {
 				return fmt.Errorf("disk %s of %s is on datastore %s (%s): give --datastore %s=VOLUME", d.Node, vm.Name, ds, p, ds)
 			}
-			pt.fsys = o.fsys
+			pt.fsys, pt.vol = o.fsys, otherIDs[ds]
 		case p == "":
 			return fmt.Errorf("disk %s of %s: %q cannot be found on this datastore", d.Node, vm.Name, d.FileName)
 		}
@@ -199,7 +202,7 @@ func runConvertVM(c *cli.Context) error {
 			}
 			return fmt.Errorf("disk %s of %s: %w", pt.disk.Node, vm.Name, err)
 		}
-		srcs[i] = &source{img: d, name: pt.path, chain: d.Chain(), close: d.Close}
+		srcs[i] = &source{img: d, name: pt.path, chain: d.Chain(), close: d.Close, vol: pt.vol}
 		tdisks = append(tdisks, target.Disk{Node: pt.disk.Node, File: filepath.Base(pt.out), Format: f.name, Size: d.Size()})
 	}
 	var definition, defPath string

@@ -17,6 +17,7 @@ type source struct {
 	img   formats.Image
 	name  string   // what the user named
 	chain []string // descriptors, leaf (or the chosen point) first
+	vol   string   // for provenance records: the volume UUID, or a local disk's directory (update.go)
 	close func() error
 }
 
@@ -79,5 +80,6 @@ func openLocalDisk(c *cli.Context, p string) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", p, err)
 	}
+	s.vol = localRecordID(filepath.Dir(abs))
 	return s, nil
 }
