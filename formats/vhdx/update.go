@@ -110,8 +110,9 @@ func replayed(r io.ReaderAt, fileSize int64) (*Image, *overlay, []logWrite, *hea
 //     ranges as zeros; a block that becomes zero as a whole is marked
 //     PAYLOAD_BLOCK_ZERO instead (its space is not reused);
 //   - not stored, receiving Data: a new block at the end of the file (1 MiB
-//     aligned) gets the whole block read from the new disk, then its BAT
-//     entry becomes FULLY_PRESENT;
+//     aligned) gets the Data ranges copied from the new disk (the rest
+//     reads as zeros: the extended file's new space, or zeros written where
+//     the file already reached), then its BAT entry becomes FULLY_PRESENT;
 //   - not stored, no Data: nothing (it reads as zero).
 //
 // Every BAT sector that changes is written through the log (MS-VHDX
@@ -241,10 +242,30 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 				data = append(data, p)
 			}
 		case hasData:
-			data = append(data, formats.Piece{Off: next, Len: hi - lo, Src: lo})
-			if hi-lo < bs {
-				data = append(data, formats.Piece{Off: next + hi - lo, Len: bs - (hi - lo), Src: -1})
+			// Only the Data ranges are copied. The rest of the new block
+			// reads as the recorded point did there (zeros: the block was
+			// not stored): past the file's current end the extended file
+			// reads as zeros already; below it — a re-run after a cut,
+			// whose earlier plan may have put other bytes there — zeros
+			// are written.
+			base := next
+			zeros := func(from, to int64) { // virtual offsets within the block
+				f, t := base+from-lo, min(base+to-lo, fileSize)
+				if f < t {
+					data = append(data, formats.Piece{Off: f, Len: t - f, Src: -1})
+				}
 			}
+			cur := lo
+			for _, sg := range segs {
+				zeros(cur, sg.Off)
+				if sg.Kind == formats.Data {
+					data = append(data, formats.Piece{Off: base + sg.Off - lo, Len: sg.Len, Src: sg.Off})
+				} else {
+					zeros(sg.Off, sg.Off+sg.Len)
+				}
+				cur = sg.Off + sg.Len
+			}
+			zeros(cur, lo+bs)
 			bat[b] = uint64(next) | stateFullyPresent
 			next += bs
 		}
