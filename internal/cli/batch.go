@@ -80,9 +80,7 @@ func runConvertAll(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var report []batchResult
-	failed := 0
-	mismatch, badRanges := false, false
+	var b batch
 	for _, d := range disks {
 		if c.Context.Err() != nil {
 			break
@@ -101,36 +99,47 @@ func runConvertAll(c *cli.Context) error {
 			r.Output, r.Data, r.OutSize, r.Seconds, r.Verified = out, res.DataBytes, res.OutputSize, res.Seconds, res.Verified
 			r.BadRanges = res.BadRanges
 		}
-		r.Status = "ok"
-		if errors.Is(err, vmdk.ErrNotConvertible) {
-			// A raw device mapping: its data is on a LUN, not on the
-			// datastore. Say so, and go on.
-			r.Status, r.Error = "skipped", err.Error()
-			if !c.Bool("quiet") {
-				fmt.Fprintf(c.App.ErrWriter, "note: %s skipped: %v\n", d.Path, err)
-			}
-			report = append(report, r)
-			continue
-		}
-		if isBadRangeExit(err) {
-			r.Status, r.Error = "bad-ranges", err.Error()
-			badRanges = true
-			err = nil
-		}
-		if err != nil {
-			r.Status, r.Error = "failed", err.Error()
-			var ee *exitError
-			if errors.As(err, &ee) && ee.code == exitMismatch {
-				r.Status, mismatch = "mismatch", true
-			}
-			failed++
-			if !c.Bool("quiet") {
-				fmt.Fprintf(c.App.ErrWriter, "vmfs2vhd: %s: %v\n", d.Path, err)
-			}
-		}
-		report = append(report, r)
+		b.add(c, r, d.Path, err)
 	}
-	return finishBatch(c, report, failed, mismatch, badRanges)
+	return b.finish(c)
+}
+
+// batch collects the outcomes of several conversions (--all, --vm).
+type batch struct {
+	report              []batchResult
+	failed              int
+	mismatch, badRanges bool
+}
+
+// add records one disk's outcome: ok; skipped (an RDM: its data is on a
+// LUN, not on the datastore); bad-ranges (rescue mode); failed or mismatch.
+func (b *batch) add(c *cli.Context, r batchResult, name string, err error) {
+	r.Status = "ok"
+	var ee *exitError
+	switch {
+	case err == nil:
+	case errors.Is(err, vmdk.ErrNotConvertible):
+		r.Status, r.Error = "skipped", err.Error()
+		if !c.Bool("quiet") {
+			fmt.Fprintf(c.App.ErrWriter, "note: %s skipped: %v\n", name, err)
+		}
+	case isBadRangeExit(err):
+		r.Status, r.Error, b.badRanges = "bad-ranges", err.Error(), true
+	default:
+		r.Status, r.Error = "failed", err.Error()
+		if errors.As(err, &ee) && ee.code == exitMismatch {
+			r.Status, b.mismatch = "mismatch", true
+		}
+		b.failed++
+		if !c.Bool("quiet") {
+			fmt.Fprintf(c.App.ErrWriter, "vmfs2vhd: %s: %v\n", name, err)
+		}
+	}
+	b.report = append(b.report, r)
+}
+
+func (b *batch) finish(c *cli.Context) error {
+	return finishBatch(c, b.report, b.failed, b.mismatch, b.badRanges)
 }
 
 // finishBatch prints the report of several conversions (a table, or JSON

@@ -225,8 +225,7 @@ func runConvertVM(c *cli.Context) error {
 			fmt.Fprintf(c.App.ErrWriter, "note: %s\n", n)
 		}
 	}
-	var report []batchResult
-	failed, mismatch, badRanges := 0, false, false
+	var b batch
 	for i, pt := range points {
 		if c.Context.Err() != nil {
 			break
@@ -235,24 +234,9 @@ func runConvertVM(c *cli.Context) error {
 		r := batchResult{Disk: pt.disk.Node + " " + pt.path, Size: src.img.Size()}
 		res, err := convertOne(c.Context, c, src, pt.out, f, fo)
 		r.Output, r.Data, r.OutSize, r.Seconds, r.Verified, r.BadRanges = pt.out, res.DataBytes, res.OutputSize, res.Seconds, res.Verified, res.BadRanges
-		r.Status = "ok"
-		if isBadRangeExit(err) {
-			r.Status, r.Error, badRanges, err = "bad-ranges", err.Error(), true, nil
-		}
-		if err != nil {
-			r.Status, r.Error = "failed", err.Error()
-			var ee *exitError
-			if errors.As(err, &ee) && ee.code == exitMismatch {
-				r.Status, mismatch = "mismatch", true
-			}
-			failed++
-			if !c.Bool("quiet") {
-				fmt.Fprintf(c.App.ErrWriter, "vmfs2vhd: %s: %v\n", pt.path, err)
-			}
-		}
-		report = append(report, r)
+		b.add(c, r, pt.path, err)
 	}
-	if definition != "" && failed == 0 && c.Context.Err() == nil {
+	if definition != "" && b.failed == 0 && c.Context.Err() == nil {
 		if err := os.WriteFile(defPath, []byte(definition), 0o644); err != nil {
 			return err
 		}
@@ -260,5 +244,5 @@ func runConvertVM(c *cli.Context) error {
 			fmt.Fprintf(c.App.ErrWriter, "%s: the definition of %s for %s\n", defPath, vm.Name, tgt)
 		}
 	}
-	return finishBatch(c, report, failed, mismatch, badRanges)
+	return b.finish(c)
 }
