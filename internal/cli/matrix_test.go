@@ -75,7 +75,7 @@ func matrixCases() []matrixCase {
 	// §14): GPT is judged by dissect-vmfs alone, in the VMFS6 case.
 	add("vmfs5", testimages.Spec{VMFS: 5})
 	add("vmfs5-nodense", testimages.Spec{VMFS: 5, NoDenseSBPC: true})
-	for _, bs := range []int64{1, 8} {
+	for _, bs := range []int64{1, 2, 4, 8} {
 		add(fmt.Sprintf("vmfs5-upgraded-%dMiB", bs), testimages.Spec{VMFS: 5, Upgraded: true, BlockSize: bs << 20, Partition: "mbr"})
 	}
 	add("vmfs6", testimages.Spec{VMFS: 6})
