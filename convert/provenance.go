@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -156,13 +157,26 @@ func OutputFingerprint(path, format string) (Fingerprint, error) {
 
 // LoadRecord reads the record at path (SidecarPath of the output). A
 // missing file is a *RefusalError with reason RefuseNoRecord.
+// maxRecordSize bounds what LoadRecord reads.
+const maxRecordSize = 1 << 20
+
 func LoadRecord(path string) (*Record, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, &RefusalError{Reason: RefuseNoRecord, Layer: -1, Detail: fmt.Sprintf("%s does not exist: the output was not made by vmfs2vhd or its record was removed", path)}
 	}
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	// A record is a few KiB (a chain has at most a few dozen layers); a
+	// larger file is not one of ours.
+	b, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxRecordSize {
+		return nil, fmt.Errorf("convert: record %s: over %d bytes, not a vmfs2vhd record", path, maxRecordSize)
 	}
 	var r Record
 	if err := json.Unmarshal(b, &r); err != nil {
