@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmfs2vhd/vmfs2vhd/formats/vmdk"
 	"github.com/vmfs2vhd/vmfs2vhd/internal/oracle"
 	"github.com/vmfs2vhd/vmfs2vhd/testimages"
 )
@@ -86,45 +85,21 @@ func datastoreCases() []struct {
 }
 
 // disks --json agrees with the manifest on every leaf's size, allocation,
-// provisioning and chain.
+// provisioning and chain (matrixDisks), and lists nothing else.
 func TestDisksMatchesManifest(t *testing.T) {
 	for _, tc := range datastoreCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ds := buildDatastore(t, tc.spec)
-			code, out, stderr := runCLI(t, append(ds.cmd("disks", "--json"), ds.volume)...)
-			if code != 0 {
-				t.Fatalf("exit %d: %s", code, stderr)
-			}
-			var got []vmdk.DiskInfo
-			if err := json.Unmarshal([]byte(out), &got); err != nil {
-				t.Fatal(err)
-			}
-			byPath := map[string]vmdk.DiskInfo{}
-			for _, d := range got {
-				byPath[d.Path] = d
-			}
+			got := matrixDisks(t, ds)
 			leaves := 0
-			for _, want := range ds.m.Disks {
-				if !want.Leaf {
-					if _, listed := byPath[want.Path]; listed {
-						t.Errorf("%s has children but is listed on its own", want.Path)
-					}
-					continue
-				}
-				leaves++
-				d, ok := byPath[want.Path]
-				if !ok {
-					t.Errorf("%s: not listed", want.Path)
-					continue
-				}
-				if d.VirtualSize != want.VirtualSize || d.Allocated != want.Allocated || d.Provisioning != want.Provisioning ||
-					!slices.Equal(d.Chain, want.Chain) || len(d.Problems) != 0 {
-					t.Errorf("%s: got %+v\nwant size %d allocated %d provisioning %s chain %v", want.Path, d, want.VirtualSize, want.Allocated, want.Provisioning, want.Chain)
+			for _, d := range ds.m.Disks {
+				if d.Leaf {
+					leaves++
 				}
 			}
-			if len(got) != leaves {
-				t.Errorf("listed %d disks, manifest has %d leaves", len(got), leaves)
+			if got != leaves {
+				t.Errorf("listed %d disks, manifest has %d leaves", got, leaves)
 			}
 		})
 	}

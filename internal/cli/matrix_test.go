@@ -338,9 +338,9 @@ func matrixCat(t *testing.T, ds datastore, spec testimages.Spec) {
 	}
 }
 
-// matrixDisks checks disks --json against the manifest's leaves; RDMs are
-// listed with a problem, not converted.
-func matrixDisks(t *testing.T, ds datastore) {
+// matrixDisks checks disks --json against the manifest's leaves (RDMs are
+// listed with a problem, not converted) and returns how many it listed.
+func matrixDisks(t *testing.T, ds datastore) int {
 	code, out, stderr := runCLI(t, append(ds.cmd("disks", "--json"), ds.volume)...)
 	if code != 0 {
 		t.Fatalf("disks: exit %d: %s", code, stderr)
@@ -371,6 +371,7 @@ func matrixDisks(t *testing.T, ds datastore) {
 			t.Errorf("%s: got %+v\nwant size %d allocated %d provisioning %s chain %v", want.Path, d, want.VirtualSize, want.Allocated, want.Provisioning, want.Chain)
 		}
 	}
+	return len(got)
 }
 
 // provisioning is what disks reports for d: a lazy disk whose every block
