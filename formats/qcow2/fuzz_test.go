@@ -53,6 +53,8 @@ func FuzzOpen(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The in-place updater and the fingerprint parse the metadata too.
+		synth.FuzzUpdate(b, Open, PlanUpdate, Fingerprint)
 		img, err := Open(bytes.NewReader(b), int64(len(b)))
 		if err != nil {
 			return

@@ -3,6 +3,7 @@ package vhd
 import (
 	"bytes"
 	"errors"
+	synthpkg "github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 	"io"
 	"testing"
 
@@ -24,6 +25,8 @@ func FuzzOpen(f *testing.F) {
 	f.Add(planBytes(f, 64<<10+512, pattern("random", 64<<10+512, 1<<20), Options{Fixed: true, UUID: testOpts.UUID, Time: testOpts.Time}))
 
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The in-place updater and the fingerprint parse the metadata too.
+		synthpkg.FuzzUpdate(b, Open, PlanUpdate, Fingerprint)
 		img, err := Open(bytes.NewReader(b), int64(len(b)))
 		if err != nil {
 			var e *Error

@@ -136,6 +136,8 @@ func FuzzOpen(f *testing.F) {
 		f.Add(encodeSparse(file, int64(len(file))))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The in-place updater and the fingerprint parse the metadata too.
+		synth.FuzzUpdate(b, Open, PlanUpdate, Fingerprint)
 		sf := decodeSparse(b)
 		img, err := Open(sf, sf.size)
 		if err != nil {

@@ -386,3 +386,30 @@ func DiskUsage(t testing.TB, path string) int64 {
 	}
 	return fi.Size()
 }
+
+// FuzzUpdate runs a format's in-place update planner and output
+// fingerprint on arbitrary bytes, for the format's fuzz target: both parse
+// the output's metadata on their own and must fail cleanly, never panic or
+// allocate by what the bytes say. When open accepts the bytes, the plan
+// asks for data at the start and zeros at the end of the disk.
+func FuzzUpdate[I interface{ Size() int64 }, U any](b []byte,
+	open func(io.ReaderAt, int64) (I, error),
+	plan func(io.ReaderAt, int64, int64, []formats.Extent) (U, error),
+	fingerprint func(io.ReaderAt, int64) ([32]byte, error)) {
+	r, n := bytes.NewReader(b), int64(len(b))
+	fingerprint(r, n)
+	img, err := open(r, n)
+	if err != nil {
+		plan(r, n, n, nil)
+		return
+	}
+	size := img.Size()
+	var changes []formats.Extent
+	if size > 0 {
+		changes = append(changes, formats.Extent{Off: 0, Len: min(size, 4096), Kind: formats.Data})
+		if size > 8192 {
+			changes = append(changes, formats.Extent{Off: size - 4096, Len: 4096, Kind: formats.Zero})
+		}
+	}
+	plan(r, n, size, changes)
+}
