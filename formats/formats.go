@@ -66,6 +66,31 @@ type Image interface {
 	Extent(off int64) (Extent, error)
 }
 
+// Location is Locate's answer for the first Len bytes of a range: stored
+// as they are at Off of R, the file or device that holds them — or, when R
+// is nil, not stored as-is (to be read with the image's ReadAt).
+type Location struct {
+	R   io.ReaderAt
+	Off int64
+	Len int64
+}
+
+// Locator is implemented by Images that can say where their bytes are
+// stored, so that a caller may move them without reading them through the
+// image — the NBD server hands them to sendfile(2) when R is an operating
+// system file (it implements syscall.Conn).
+//
+// Locate answers for a prefix of [off, off+n), 0 <= off < Size, n > 0, of
+// 0 < Len <= n bytes. With R set, reading Len bytes of R at Off gives
+// exactly what ReadAt of the image gives, whatever the extents say of them
+// (a hole of a sparse local file may be located: it reads as zeros there
+// too). R is nil for bytes that are not stored as-is in a file: zero runs
+// over stale blocks (VMFS to-be-zeroed blocks, zeroed grains), unallocated
+// ranges, resident or compressed data. Callers ask for Data ranges.
+type Locator interface {
+	Locate(off, n int64) (Location, error)
+}
+
 // ErrOutOfRange is returned by Extent for an offset outside [0, Size).
 var ErrOutOfRange = errors.New("offset out of range")
 

@@ -406,6 +406,27 @@ func (ino *inode) fill(p []byte, off int64, depth int, strict bool) error {
 	return flush()
 }
 
+// locate answers File.Locate for [off, off+n) within the file.
+func (ino *inode) locate(off, n int64) (formats.Location, error) {
+	if ino.isRDM() || ino.resident() {
+		return formats.Location{Len: n}, nil
+	}
+	end := off + n
+	r, err := ino.runAt(off>>ino.shift, (end-1)>>ino.shift-off>>ino.shift+1, 0)
+	if err != nil {
+		return formats.Location{}, err
+	}
+	l := min((r.blk+r.n)<<ino.shift, end) - off
+	if r.kind != formats.Data {
+		return formats.Location{Len: l}, nil
+	}
+	d, pOff, l, err := ino.v.lv.locate(r.loc+(off-r.blk<<ino.shift), l)
+	if err != nil {
+		return formats.Location{}, withFile(err, ino.path, ino.addr)
+	}
+	return formats.Location{R: d.R, Off: pOff, Len: l}, nil
+}
+
 // maxExtentRuns bounds the runs merged by one extent query.
 const maxExtentRuns = 1024
 

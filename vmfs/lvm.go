@@ -466,6 +466,30 @@ func assemble(devs []*lvmDev, allowMissing bool) (*lvol, []ExtentInfo, error) {
 	return lv, infos, nil
 }
 
+// locate returns the device and offset of logical bytes [off, off+n), or
+// of their prefix that ends at a segment boundary: n shortened to it.
+func (lv *lvol) locate(off, n int64) (*Device, int64, int64, error) {
+	const what = "file data"
+	if off < 0 || n <= 0 || off > lv.size-n {
+		return nil, 0, 0, corruptf(what, off, "%d bytes past the end of the %d-byte logical volume", n, lv.size)
+	}
+	i := sort.Search(len(lv.segs), func(i int) bool { return lv.segs[i].lOff+lv.segs[i].len > off })
+	if i >= len(lv.segs) {
+		return nil, 0, 0, corruptf(what, off, "no extent maps this logical offset")
+	}
+	s := &lv.segs[i]
+	if s.dev == nil {
+		return nil, 0, 0, errf(ErrMissingExtent, what, off, "its device is missing: %s", s.missing)
+	}
+	rel := off - s.lOff
+	n = min(n, s.len-rel)
+	if p := s.pOff + rel; p < 0 || p > s.dev.Size-n {
+		return nil, 0, 0, &Error{What: what, Vol: off, Device: s.dev.Name, DevOff: p,
+			Msg: fmt.Sprintf("%d bytes needed but the device holds %d (truncated image?)", n, s.dev.Size), Err: ErrCorrupt}
+	}
+	return s.dev, s.pOff + rel, n, nil
+}
+
 // readAt reads len(p) bytes at logical offset off, splitting the read at
 // segment (PE, device) boundaries.
 func (lv *lvol) readAt(p []byte, off int64, what string) error {

@@ -622,6 +622,23 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// Locate says where the file's bytes [off, off+n) — or a prefix of them —
+// are stored on the devices (formats.Locator): R is the Device.R of the
+// device holding them. Holes, TBZ blocks, resident data and raw device
+// mappings are not located (R nil); a located run ends at the first block
+// that is not physically contiguous with the one before, or at a device
+// boundary.
+func (f *File) Locate(off, n int64) (formats.Location, error) {
+	if f.closed.Load() {
+		return formats.Location{}, fs.ErrClosed
+	}
+	size := f.ino.size()
+	if off < 0 || n <= 0 || off >= size {
+		return formats.Location{}, &Error{Path: f.info.Path, FD: f.ino.addr, Vol: -1, DevOff: -1, Msg: fmt.Sprintf("locate [%d, +%d) of a %d-byte file", off, n, size), Err: formats.ErrOutOfRange}
+	}
+	return f.ino.locate(off, min(n, size-off))
+}
+
 // Extent returns the longest run of one kind starting at off (merging at
 // most 1024 block-map runs), from metadata only: Data (stored blocks, and
 // resident data), Zero (TBZ blocks) or Hole (unallocated).

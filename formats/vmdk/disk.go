@@ -186,6 +186,27 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	return int(n), eof
 }
 
+// Locate says where the disk's bytes [off, off+n), or a prefix of them, are
+// stored (formats.Locator): in the file of the layer that holds them, as
+// that file locates them in turn (a VMFS file names its device; a local
+// file is itself). Zero and hole runs, compressed grains, bytes past the end
+// of an extent file and files that cannot locate their bytes are not
+// located.
+func (d *Disk) Locate(off, n int64) (formats.Location, error) {
+	if off < 0 || n <= 0 || off >= d.size {
+		return formats.Location{}, fmt.Errorf("vmdk: locate [%d, +%d) of a %d-byte disk: %w", off, n, d.size, formats.ErrOutOfRange)
+	}
+	m, err := d.resolve(off, min(n, d.size-off), true)
+	if err != nil {
+		return formats.Location{}, err
+	}
+	lf, ok := m.f.(formats.Locator)
+	if m.kind != formats.Data || m.sp != nil || !ok || m.foff >= m.f.Size() {
+		return formats.Location{Len: m.n}, nil
+	}
+	return lf.Locate(m.foff, min(m.n, m.f.Size()-m.foff))
+}
+
 // Extent returns the run of one kind starting at off, from metadata only:
 // Data where some layer stores the bytes, Zero where the topmost layer that
 // answers says zero (zeroed grain, ZERO extent, to-be-zeroed VMFS block),

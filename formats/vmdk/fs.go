@@ -72,6 +72,15 @@ func (o *osFile) ReadAt(p []byte, off int64) (int, error) { return o.f.ReadAt(p,
 func (o *osFile) Size() int64                             { return o.size }
 func (o *osFile) Close() error                            { return o.f.Close() }
 
+// Locate says that the file's bytes are in the file itself
+// (formats.Locator); bytes past its end are not stored.
+func (o *osFile) Locate(off, n int64) (formats.Location, error) {
+	if off < 0 || n <= 0 || off >= o.size {
+		return formats.Location{}, formats.ErrOutOfRange
+	}
+	return formats.Location{R: o.f, Off: off, Len: min(n, o.size-off)}, nil
+}
+
 func (o *osFile) Extent(off int64) (formats.Extent, error) {
 	if off < 0 || off >= o.size {
 		return formats.Extent{}, formats.ErrOutOfRange

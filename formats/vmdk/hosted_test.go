@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
 	"github.com/vmfs2vhd/vmfs2vhd/internal/oracle"
+	"github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 )
 
 const platformDir = "/work/shared/testdata/platform-made"
@@ -71,6 +72,13 @@ func TestQemuHosted(t *testing.T) {
 			oracle.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat="+c.sub, src, img)
 			d := openT(t, dir, "disk.vmdk", Options{})
 			compareImage(t, d, qemuRaw(t, img, "vmdk"))
+			if c.size == small {
+				// Local files locate their bytes; compressed grains do not.
+				compressed := func(int64) bool { return c.sub == "streamOptimized" }
+				for _, n := range []int64{c.size, 4096, 70001} {
+					synth.CheckLocate(t, d, n, compressed)
+				}
+			}
 			if c.size == big && strings.HasPrefix(c.sub, "twoGb") && len(d.layers[0].exts) < 2 {
 				t.Errorf("%d extents, want several", len(d.layers[0].exts))
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
 	"github.com/vmfs2vhd/vmfs2vhd/internal/oracle"
+	"github.com/vmfs2vhd/vmfs2vhd/internal/synth"
 )
 
 // vmfsChain writes a VMFS-style chain into dir/"vm dir":
@@ -122,6 +123,11 @@ func TestVMFSChain(t *testing.T) {
 				t.Fatal(err)
 			}
 			compareImage(t, v, ref)
+			// Every layer's data (COWD and seSparse grains, the flat base)
+			// is located in its local file.
+			for _, n := range []int64{1 << 20, 4096, 1536} {
+				synth.CheckLocate(t, v, n, nil)
+			}
 		})
 	}
 	// Kinds from metadata.

@@ -413,3 +413,58 @@ func FuzzUpdate[I interface{ Size() int64 }, U any](b []byte,
 	}
 	plan(r, n, size, changes)
 }
+
+// CheckLocate checks img's formats.Locator answers against its ReadAt:
+// walking [0, Size) in requests of n bytes, every answer covers a prefix of
+// 0 < Len <= the bytes asked, a located prefix reads from R at Off exactly
+// as ReadAt of the image reads it (whatever the extents say of the range),
+// and every range the image's extents call Data is located unless
+// notLocated says it may not be (resident data, a
+// compressed grain, a device behind an aligned-read layer). It returns the
+// bytes located.
+func CheckLocate(t testing.TB, img formats.Image, n int64, notLocated func(off int64) bool) int64 {
+	t.Helper()
+	lc, ok := img.(formats.Locator)
+	if !ok {
+		t.Fatalf("%T is not a formats.Locator", img)
+	}
+	size := img.Size()
+	var located int64
+	got, want := make([]byte, 0, 1<<20), make([]byte, 0, 1<<20)
+	for off := int64(0); off < size; {
+		ask := min(n, size-off)
+		loc, err := lc.Locate(off, ask)
+		if err != nil {
+			t.Fatalf("Locate(%d, %d): %v", off, ask, err)
+		}
+		if loc.Len <= 0 || loc.Len > ask {
+			t.Fatalf("Locate(%d, %d) answers for %d bytes", off, ask, loc.Len)
+		}
+		e, err := img.Extent(off)
+		if err != nil {
+			t.Fatalf("Extent(%d): %v", off, err)
+		}
+		if e.Kind == formats.Data && loc.R == nil && (notLocated == nil || !notLocated(off)) {
+			t.Fatalf("Locate(%d, %d): data not located", off, ask)
+		}
+		if loc.R != nil {
+			for done := int64(0); done < loc.Len; {
+				m := min(int64(cap(got)), loc.Len-done)
+				got, want = got[:m], want[:m]
+				if k, err := loc.R.ReadAt(got, loc.Off+done); k < len(got) {
+					t.Fatalf("Locate(%d, %d) = [%d, +%d) of %T: reading it: %d bytes, %v", off, ask, loc.Off, loc.Len, loc.R, k, err)
+				}
+				if k, err := img.ReadAt(want, off+done); k < len(want) {
+					t.Fatalf("ReadAt(%d, %d): %d bytes, %v", off+done, m, k, err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("Locate(%d, %d) = [%d, +%d) of %T: bytes at %d differ from ReadAt's", off, ask, loc.Off, loc.Len, loc.R, off+done)
+				}
+				done += m
+			}
+			located += loc.Len
+		}
+		off += loc.Len
+	}
+	return located
+}

@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
+	"syscall"
 )
 
 // Options tune Open.
@@ -90,6 +91,22 @@ func Open(path string, opts Options) (*Device, error) {
 
 // ReadAt implements io.ReaderAt.
 func (d *Device) ReadAt(p []byte, off int64) (int, error) { return d.r.ReadAt(p, off) }
+
+// ErrWrapped is returned by SyscallConn when reads go through the Aligned
+// layer, so that the file must not be read around it.
+var ErrWrapped = errors.New("device: reads go through the aligned-read layer")
+
+// SyscallConn gives access to the open file (syscall.Conn) when its bytes
+// may be read straight from it — an image file or a device read through
+// the operating system's cache — so that a caller can hand them to
+// sendfile(2). With --direct or the aligned-read layer it returns
+// ErrWrapped.
+func (d *Device) SyscallConn() (syscall.RawConn, error) {
+	if d.r != io.ReaderAt(d.f) {
+		return nil, fmt.Errorf("device: %s: %w", d.name, ErrWrapped)
+	}
+	return d.f.SyscallConn()
+}
 
 // Name returns the path given to Open.
 func (d *Device) Name() string { return d.name }

@@ -4,6 +4,7 @@ package device_test
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -83,6 +84,10 @@ func TestImageFile(t *testing.T) {
 		t.Errorf("image file: raw %v aligned %v direct %v size %d", d.Raw(), d.Aligned(), d.Direct(), d.Size())
 	}
 	checkReads(t, d, data)
+	// Its bytes may be read from the file itself (sendfile).
+	if rc, err := d.SyscallConn(); err != nil || rc == nil {
+		t.Errorf("SyscallConn of an image file: %v", err)
+	}
 	d.Close()
 
 	d, err = device.Open(img, device.Options{Direct: true})
@@ -92,6 +97,9 @@ func TestImageFile(t *testing.T) {
 	if d.Direct() {
 		if !d.Aligned() {
 			t.Error("O_DIRECT file without the aligned layer")
+		}
+		if _, err := d.SyscallConn(); !errors.Is(err, device.ErrWrapped) {
+			t.Errorf("SyscallConn with O_DIRECT: %v, want ErrWrapped", err)
 		}
 	} else {
 		t.Logf("%s: the file system refuses O_DIRECT", img)
