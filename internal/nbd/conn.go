@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -49,6 +50,7 @@ type conn struct {
 
 	// The export chosen, set when the transmission phase starts.
 	exp         *Export
+	extents     *cachedExtents // exp.Image, with its Extent answers cached
 	size        int64
 	tflags      uint16
 	blockStatus bool // base:allocation selected for this export
@@ -59,6 +61,9 @@ type conn struct {
 	// Transmission phase.
 	replies chan *reply
 	cancel  context.CancelFunc // stops workers waiting for buffers
+	// sendTo is the socket, when located parts of the image can be sent to
+	// it with sendfile (a Locator image, no TLS, Linux).
+	sendTo syscall.RawConn
 	// shutdownAt, once the server shuts down, is the UnixNano time by
 	// which replies must be out.
 	shutdownAt atomic.Int64
@@ -397,6 +402,7 @@ func (c *conn) transmissionFlags() uint16 {
 // choose selects export idx for the transmission phase.
 func (c *conn) choose(idx int) {
 	c.exp = &c.s.exports[idx]
+	c.extents = &cachedExtents{Image: c.exp.Image, x: c.s.extents[idx]}
 	c.size = c.exp.Image.Size()
 	c.tflags = c.transmissionFlags()
 	c.blockStatus = c.structured && c.metaExport == idx

@@ -169,6 +169,7 @@ var ErrConfig = errors.New("nbd: invalid configuration")
 // use; Serve may run on several listeners at once.
 type Server struct {
 	exports []Export
+	extents []*extentCache // per export
 	opts    Options
 	budget  *budget
 	pool    bufPool
@@ -238,8 +239,13 @@ func NewServer(exports []Export, opts Options) (*Server, error) {
 		o.TLS = o.TLS.Clone()
 		o.TLS.MinVersion = tls.VersionTLS12
 	}
+	caches := make([]*extentCache, len(exports))
+	for i := range caches {
+		caches[i] = &extentCache{}
+	}
 	return &Server{
 		exports: append([]Export(nil), exports...),
+		extents: caches,
 		opts:    o,
 		budget:  newBudget(o.MaxBuffer),
 		idle:    make(chan struct{}),

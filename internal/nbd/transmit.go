@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vmfs2vhd/vmfs2vhd/formats"
@@ -18,9 +20,28 @@ import (
 // chunk of a structured reply — handed to the connection's writer so that
 // replies never interleave.
 type reply struct {
-	bufs    net.Buffers
+	parts   []part
 	buf     *[]byte // read buffer to recycle once written
 	charged int64   // bytes of the buffer budget to give back once written
+}
+
+// part is a piece of a reply: bytes, or (src set) n bytes at off of an
+// operating system file — a located run of the image, sent with
+// sendfile(2) without passing through the server's memory.
+type part struct {
+	b   []byte
+	src syscall.RawConn
+	off int64
+	n   int64
+}
+
+// bytesReply is a reply of the byte slices bs.
+func bytesReply(bs ...[]byte) *reply {
+	r := &reply{parts: make([]part, len(bs))}
+	for i, b := range bs {
+		r.parts[i].b = b
+	}
+	return r
 }
 
 // Limits of one reply.
@@ -32,6 +53,9 @@ const (
 	// maxDescriptors bounds the extents of a block status reply; the client
 	// asks again for the rest.
 	maxDescriptors = 1024
+	// maxPieces bounds the located pieces of one read; an image scattered
+	// beyond that has the rest of the range read into a buffer.
+	maxPieces = 4096
 	// shutdownGrace is how long replies to requests already read may take
 	// to go out once the server shuts down.
 	shutdownGrace = 5 * time.Second
@@ -44,6 +68,13 @@ func (c *conn) transmit(ctx context.Context) error {
 	defer cancel()
 	c.cancel = cancel
 	c.replies = make(chan *reply, c.s.opts.MaxInFlight)
+	if _, ok := c.exp.Image.(formats.Locator); ok && canSendFile && !c.tls {
+		if sc, ok := c.raw.Conn.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				c.sendTo = rc
+			}
+		}
+	}
 
 	writerDone := make(chan error, 1)
 	c.s.goFunc(nil, func() { writerDone <- c.writeLoop() })
@@ -219,7 +250,7 @@ type run struct {
 // Zero with Hole and never making more than maxReadChunks runs. An image
 // whose extent query fails has the rest of the range read as data.
 func (c *conn) plan(off, n int64) []run {
-	img := c.exp.Image
+	img := c.extents
 	var runs []run
 	end := off + n
 	for pos := off; pos < end; {
@@ -248,12 +279,62 @@ func (c *conn) plan(off, n int64) []run {
 	return runs
 }
 
+// piece is a part of a data run: sent from src at soff (located), or read
+// into b, a slice of the reply's buffer.
+type piece struct {
+	n    int64
+	src  syscall.RawConn
+	soff int64
+	b    []byte
+}
+
+// pieces splits the data run [off, off+n) into located pieces (when the
+// connection can send from files) and pieces to read, at most left of them.
+func (c *conn) pieces(off, n int64, left *int) []piece {
+	lc, _ := c.exp.Image.(formats.Locator)
+	if c.sendTo == nil || lc == nil {
+		*left--
+		return []piece{{n: n}}
+	}
+	var ps []piece
+	add := func(p piece) {
+		if k := len(ps) - 1; p.src == nil && k >= 0 && ps[k].src == nil {
+			ps[k].n += p.n
+			return
+		}
+		ps = append(ps, p)
+		*left--
+	}
+	end := off + n
+	for pos := off; pos < end; {
+		if *left <= 1 {
+			add(piece{n: end - pos})
+			break
+		}
+		loc, err := lc.Locate(pos, end-pos)
+		if err != nil || loc.Len <= 0 || loc.Len > end-pos {
+			// ReadAt meets (and reports) what went wrong here.
+			add(piece{n: end - pos})
+			break
+		}
+		p := piece{n: loc.Len}
+		if sc, ok := loc.R.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				p.src, p.soff = rc, loc.Off
+			}
+		}
+		add(p)
+		pos += loc.Len
+	}
+	return ps
+}
+
 // read answers NBD_CMD_READ of [off, off+n), already checked against the
 // export's size and the request limit.
 func (c *conn) read(ctx context.Context, h uint64, off, n int64, df bool) {
 	if n == 0 {
 		if c.structured {
-			c.send(&reply{bufs: net.Buffers{chunk(replyFlagDone, chunkNone, h, nil)}})
+			c.send(bytesReply(chunk(replyFlagDone, chunkNone, h, nil)))
 		} else {
 			c.sendOK(h)
 		}
@@ -269,9 +350,23 @@ func (c *conn) read(ctx context.Context, h uint64, off, n int64, df bool) {
 	// Without structured replies, and with DF when some of the range is
 	// data, the whole range goes out as one piece, zeros included.
 	whole := !c.structured || (df && data > 0)
-	need := data
-	if whole {
-		need = n
+	// Data runs: located pieces go out from their files; the rest, and
+	// zeros in whole mode, are read into (cleared in) one buffer.
+	pieces := make([][]piece, len(runs))
+	left := maxPieces
+	var need int64
+	for i, r := range runs {
+		switch {
+		case r.data:
+			pieces[i] = c.pieces(r.off, r.n, &left)
+			for _, p := range pieces[i] {
+				if p.src == nil {
+					need += p.n
+				}
+			}
+		case whole:
+			need += r.n
+		}
 	}
 	// Charge what the pooled buffer really holds.
 	charged, err := c.s.budget.acquire(ctx, int64(poolSize(int(need))))
@@ -284,57 +379,89 @@ func (c *conn) read(ctx context.Context, h uint64, off, n int64, df bool) {
 		rep.buf = c.s.pool.get(int(need))
 		buf = *rep.buf
 	}
-	// Fill buf: data runs from the image, zero runs (whole mode) cleared.
+	// Fill buf: pieces to read from the image, zero runs (whole mode)
+	// cleared.
 	pos := 0
-	for _, r := range runs {
-		if !r.data && !whole {
-			continue
-		}
-		b := buf[pos : pos+int(r.n)]
-		pos += int(r.n)
+	take := func(n int64) []byte {
+		b := buf[pos : pos+int(n)]
+		pos += int(n)
+		return b
+	}
+	var zeros [][]byte // per run, in whole mode
+	if whole {
+		zeros = make([][]byte, len(runs))
+	}
+	for i, r := range runs {
 		if !r.data {
-			clear(b)
+			if whole {
+				zeros[i] = take(r.n)
+				clear(zeros[i])
+			}
 			continue
 		}
-		if m, err := c.exp.Image.ReadAt(b, r.off); m < len(b) || (err != nil && err != io.EOF) {
-			if err == nil {
-				err = io.ErrUnexpectedEOF
+		at := r.off
+		for k := range pieces[i] {
+			p := &pieces[i][k]
+			if p.src == nil {
+				p.b = take(p.n)
+				if m, err := c.exp.Image.ReadAt(p.b, at); m < len(p.b) || (err != nil && err != io.EOF) {
+					if err == nil {
+						err = io.ErrUnexpectedEOF
+					}
+					c.release(rep)
+					c.s.logf("nbd: export %q: read [%d, +%d): %v", c.exp.Name, at, p.n, err)
+					c.sendError(h, errIO, fmt.Sprintf("read error at offset %d", at))
+					return
+				}
 			}
-			c.release(rep)
-			c.s.logf("nbd: export %q: read [%d, +%d): %v", c.exp.Name, r.off, r.n, err)
-			c.sendError(h, errIO, fmt.Sprintf("read error at offset %d", r.off))
-			return
+			at += p.n
 		}
 	}
 	c.dataRead.Add(n)
 
-	if !c.structured {
+	// addRun appends run i's bytes to the reply.
+	addRun := func(i int) {
+		if !runs[i].data {
+			rep.parts = append(rep.parts, part{b: zeros[i]})
+			return
+		}
+		for _, p := range pieces[i] {
+			if p.src != nil {
+				rep.parts = append(rep.parts, part{src: p.src, off: p.soff, n: p.n})
+			} else {
+				rep.parts = append(rep.parts, part{b: p.b})
+			}
+		}
+	}
+	switch {
+	case !c.structured:
 		hdr := make([]byte, len(simpleReply{}))
 		putSimpleReply(hdr, 0, h)
-		rep.bufs = net.Buffers{hdr, buf}
-		c.send(rep)
-		return
-	}
-	if whole {
-		rep.bufs = net.Buffers{offsetData(replyFlagDone, h, off, len(buf)), buf}
-		c.send(rep)
-		return
-	}
-	pos = 0
-	for i, r := range runs {
-		var fl uint16
-		if i == len(runs)-1 {
-			fl = replyFlagDone
+		rep.parts = append(rep.parts, part{b: hdr})
+		for i := range runs {
+			addRun(i)
 		}
-		if !r.data {
-			p := make([]byte, offsetHoleLen)
-			be.PutUint64(p, uint64(r.off))
-			be.PutUint32(p[8:], uint32(r.n))
-			rep.bufs = append(rep.bufs, chunk(fl, chunkOffsetHole, h, p))
-			continue
+	case whole:
+		rep.parts = append(rep.parts, part{b: offsetData(replyFlagDone, h, off, int(n))})
+		for i := range runs {
+			addRun(i)
 		}
-		rep.bufs = append(rep.bufs, offsetData(fl, h, r.off, int(r.n)), buf[pos:pos+int(r.n)])
-		pos += int(r.n)
+	default:
+		for i, r := range runs {
+			var fl uint16
+			if i == len(runs)-1 {
+				fl = replyFlagDone
+			}
+			if !r.data {
+				p := make([]byte, offsetHoleLen)
+				be.PutUint64(p, uint64(r.off))
+				be.PutUint32(p[8:], uint32(r.n))
+				rep.parts = append(rep.parts, part{b: chunk(fl, chunkOffsetHole, h, p)})
+				continue
+			}
+			rep.parts = append(rep.parts, part{b: offsetData(fl, h, r.off, int(r.n))})
+			addRun(i)
+		}
 	}
 	c.send(rep)
 }
@@ -370,7 +497,7 @@ func (c *conn) blockStatusReply(h uint64, off, n int64, one bool) {
 	be.PutUint32(p, metaIDAllocation)
 	count := 0
 	errStop := errors.New("enough")
-	err := formats.Walk(c.exp.Image, off, n, func(e formats.Extent) error {
+	err := formats.Walk(c.extents, off, n, func(e formats.Extent) error {
 		var st uint32
 		switch e.Kind {
 		case formats.Zero:
@@ -395,14 +522,14 @@ func (c *conn) blockStatusReply(h uint64, off, n int64, one bool) {
 			p = be.AppendUint32(p, 0)
 		}
 	}
-	c.send(&reply{bufs: net.Buffers{chunk(replyFlagDone, chunkBlockStatus, h, p)}})
+	c.send(bytesReply(chunk(replyFlagDone, chunkBlockStatus, h, p)))
 }
 
 // sendOK sends a successful reply without payload.
 func (c *conn) sendOK(h uint64) {
 	b := make([]byte, len(simpleReply{}))
 	putSimpleReply(b, 0, h)
-	c.send(&reply{bufs: net.Buffers{b}})
+	c.send(bytesReply(b))
 }
 
 // sendError sends an error reply: a structured error chunk with msg when
@@ -411,14 +538,14 @@ func (c *conn) sendError(h uint64, errno uint32, msg string) {
 	if !c.structured {
 		b := make([]byte, len(simpleReply{}))
 		putSimpleReply(b, errno, h)
-		c.send(&reply{bufs: net.Buffers{b}})
+		c.send(bytesReply(b))
 		return
 	}
 	msg = msg[:min(len(msg), maxString)]
 	p := make([]byte, errorFixed, errorFixed+len(msg))
 	be.PutUint32(p, errno)
 	be.PutUint16(p[4:], uint16(len(msg)))
-	c.send(&reply{bufs: net.Buffers{chunk(replyFlagDone, chunkError, h, append(p, msg...))}})
+	c.send(bytesReply(chunk(replyFlagDone, chunkError, h, append(p, msg...))))
 }
 
 // setWriteDeadline gives the next write WriteTimeout, or what is left of
@@ -452,18 +579,18 @@ func (c *conn) release(r *reply) {
 // closed. After a write error it keeps draining (releasing buffers), stops
 // the workers and closes the connection so that the reader stops too.
 func (c *conn) writeLoop() error {
-	bw := bufio.NewWriterSize(c.nc, 64<<10)
+	w := &replyWriter{conn: c.nc, sendTo: c.sendTo}
+	if !c.tls {
+		// Write to the socket itself (writev, sendfile), counting here.
+		w.conn, w.count = c.raw.Conn, &c.raw.out
+	}
 	var werr error
 	for r := range c.replies {
 		if werr == nil {
 			c.setWriteDeadline()
-			for _, b := range r.bufs {
-				if _, werr = bw.Write(b); werr != nil {
-					break
-				}
-			}
+			werr = w.write(r.parts)
 			if werr == nil && len(c.replies) == 0 {
-				werr = bw.Flush()
+				werr = w.flush()
 			}
 			if werr != nil {
 				c.cancel()
@@ -474,7 +601,74 @@ func (c *conn) writeLoop() error {
 	}
 	if werr == nil {
 		c.setWriteDeadline()
-		werr = bw.Flush()
+		werr = w.flush()
 	}
 	return werr
+}
+
+// Sizes of the reply writer's batching.
+const (
+	smallPart  = 4 << 10  // parts below this are copied into the batch
+	batchBytes = 64 << 10 // the batch is written when it would grow past this
+)
+
+// replyWriter writes the parts of replies: small ones (headers, block
+// status, errors) gathered into one batch, large ones written from where
+// they are with the batch in front (writev), located ones with sendfile.
+// Once write returns it holds no reference to the parts, so their buffers
+// may be recycled.
+type replyWriter struct {
+	conn   net.Conn
+	count  *atomic.Int64   // bytes written, when conn does not count them
+	sendTo syscall.RawConn // conn's socket, when it can receive sendfile
+	batch  []byte
+}
+
+func (w *replyWriter) write(parts []part) error {
+	for _, p := range parts {
+		switch {
+		case p.src != nil:
+			if err := w.flush(); err != nil {
+				return err
+			}
+			n, err := sendFile(w.sendTo, p.src, p.off, p.n)
+			w.counted(n)
+			if err != nil {
+				return fmt.Errorf("sending [%d, +%d) of the image's file: %w", p.off, p.n, err)
+			}
+		case len(p.b) < smallPart:
+			if len(w.batch)+len(p.b) > batchBytes {
+				if err := w.flush(); err != nil {
+					return err
+				}
+			}
+			w.batch = append(w.batch, p.b...)
+		default:
+			bufs := net.Buffers{w.batch, p.b}
+			n, err := bufs.WriteTo(w.conn)
+			w.counted(n)
+			w.batch = w.batch[:0]
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flush writes the batch.
+func (w *replyWriter) flush() error {
+	if len(w.batch) == 0 {
+		return nil
+	}
+	n, err := w.conn.Write(w.batch)
+	w.counted(int64(n))
+	w.batch = w.batch[:0]
+	return err
+}
+
+func (w *replyWriter) counted(n int64) {
+	if w.count != nil {
+		w.count.Add(n)
+	}
 }
