@@ -3,6 +3,8 @@ package nbd
 import (
 	"io"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // canSendFile says whether sendFile works here.
@@ -48,4 +50,14 @@ func sendFile(dst, src syscall.RawConn, off, n int64) (int64, error) {
 		serr = cerr
 	}
 	return sent, serr
+}
+
+// prefetch asks the kernel to start reading [off, off+n) of src into the
+// page cache, without waiting: the requests of a connection are located by
+// parallel workers but sent by one writer, and this keeps their device
+// reads in parallel, as ReadAt by the workers would.
+func prefetch(src syscall.RawConn, off, n int64) {
+	src.Control(func(fd uintptr) {
+		unix.Fadvise(int(fd), off, n, unix.FADV_WILLNEED)
+	})
 }

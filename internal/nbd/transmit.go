@@ -321,6 +321,7 @@ func (c *conn) pieces(off, n int64, left *int) []piece {
 		if sc, ok := loc.R.(syscall.Conn); ok {
 			if rc, err := sc.SyscallConn(); err == nil {
 				p.src, p.soff = rc, loc.Off
+				prefetch(rc, loc.Off, loc.Len)
 			}
 		}
 		add(p)
