@@ -49,6 +49,10 @@ type Export struct {
 	Image formats.Image
 }
 
+// zeroPage is the size of the zeros replies send zero runs from (when
+// they must send them: simple replies, DF).
+const zeroPage = 256 << 10
+
 // Defaults of Options.
 const (
 	DefaultMaxRequest       = 32 << 20
@@ -170,6 +174,7 @@ var ErrConfig = errors.New("nbd: invalid configuration")
 type Server struct {
 	exports []Export
 	extents []*extentCache // per export
+	zeros   []byte         // read-only zeros that replies send for zero runs
 	opts    Options
 	budget  *budget
 	pool    bufPool
@@ -246,6 +251,7 @@ func NewServer(exports []Export, opts Options) (*Server, error) {
 	return &Server{
 		exports: append([]Export(nil), exports...),
 		extents: caches,
+		zeros:   make([]byte, zeroPage),
 		opts:    o,
 		budget:  newBudget(o.MaxBuffer),
 		idle:    make(chan struct{}),

@@ -162,6 +162,25 @@ func (c *conn) readLoop(ctx, wctx context.Context, workers *sync.WaitGroup) erro
 			c.sendError(r.handle(), errPerm, "the export is read-only")
 			continue
 		}
+		if r.typ() == cmdRead && c.sendTo != nil {
+			// A read whose data is located (or zero) needs no buffer and
+			// no device read here: it is answered at once, without a
+			// worker; the others are read by one.
+			if !c.check(&r) {
+				continue
+			}
+			j := c.prepareRead(r.handle(), int64(r.offset()), int64(r.length()), r.flags()&cmdFlagDF != 0)
+			if j.need == 0 {
+				c.finishRead(wctx, j)
+				continue
+			}
+			slots <- struct{}{}
+			c.s.goFunc(workers, func() {
+				defer func() { <-slots }()
+				c.finishRead(wctx, j)
+			})
+			continue
+		}
 		// Wait for a free worker slot; the rest of the client's requests
 		// wait in the socket meanwhile.
 		slots <- struct{}{}
@@ -194,6 +213,23 @@ func (c *conn) readFailed(ctx context.Context, err error, what string) error {
 
 // serve answers one request other than NBD_CMD_WRITE and NBD_CMD_DISC.
 func (c *conn) serve(ctx context.Context, r *request) {
+	if !c.check(r) {
+		return
+	}
+	off, n := r.offset(), r.length()
+	switch r.typ() {
+	case cmdCache:
+		c.sendOK(r.handle())
+	case cmdBlockStatus:
+		c.blockStatusReply(r.handle(), int64(off), int64(n), r.flags()&cmdFlagReqOne != 0)
+	case cmdRead:
+		c.read(ctx, r.handle(), int64(off), int64(n), r.flags()&cmdFlagDF != 0)
+	}
+}
+
+// check answers the requests that need no work (flush, refused commands,
+// bad flags or ranges) and reports whether r is left to serve.
+func (c *conn) check(r *request) bool {
 	flags, h := r.flags(), r.handle()
 	off, n := r.offset(), r.length()
 	// FUA is accepted (and meaningless) on every command.
@@ -207,37 +243,30 @@ func (c *conn) serve(ctx context.Context, r *request) {
 		allowed |= cmdFlagReqOne
 	case cmdTrim, cmdWriteZeroes:
 		c.sendError(h, errPerm, "the export is read-only")
-		return
+		return false
 	case cmdFlush:
 	case cmdCache:
 	default:
 		c.sendError(h, errInval, fmt.Sprintf("unknown command %d", r.typ()))
-		return
+		return false
 	}
 	if flags&^allowed != 0 {
 		c.sendError(h, errInval, fmt.Sprintf("%s: unsupported flags %#x", cmdName(r.typ()), flags&^allowed))
-		return
+		return false
 	}
 	if r.typ() == cmdFlush {
 		c.sendOK(h)
-		return
+		return false
 	}
 	if off > uint64(c.size) || uint64(n) > uint64(c.size)-off {
 		c.sendError(h, errInval, fmt.Sprintf("%s of [%d, +%d) beyond the export's %d bytes", cmdName(r.typ()), off, n, c.size))
-		return
+		return false
 	}
 	if r.typ() != cmdBlockStatus && int64(n) > int64(c.s.opts.MaxRequest) {
 		c.sendError(h, errInval, fmt.Sprintf("%s of %d bytes, over the %d-byte limit", cmdName(r.typ()), n, c.s.opts.MaxRequest))
-		return
+		return false
 	}
-	switch r.typ() {
-	case cmdCache:
-		c.sendOK(h)
-	case cmdBlockStatus:
-		c.blockStatusReply(h, int64(off), int64(n), flags&cmdFlagReqOne != 0)
-	case cmdRead:
-		c.read(ctx, h, int64(off), int64(n), flags&cmdFlagDF != 0)
-	}
+	return true
 }
 
 // run is a part of a read: data to read, or zeros (Zero or Hole).
@@ -330,10 +359,63 @@ func (c *conn) pieces(off, n int64, left *int) []piece {
 	return ps
 }
 
+// readJob is an NBD_CMD_READ of [off, off+n), already checked against the
+// export's size and the request limit, planned: its runs, the pieces of its
+// data runs, and the bytes of them to read into a buffer.
+type readJob struct {
+	h      uint64
+	off, n int64
+	whole  bool // one content chunk (or a simple reply), zeros included
+	runs   []run
+	pieces [][]piece // per data run
+	need   int64     // bytes of pieces to read (not located)
+}
+
 // read answers NBD_CMD_READ of [off, off+n), already checked against the
 // export's size and the request limit.
 func (c *conn) read(ctx context.Context, h uint64, off, n int64, df bool) {
+	c.finishRead(ctx, c.prepareRead(h, off, n, df))
+}
+
+// prepareRead plans a read from the image's metadata: no data is read.
+func (c *conn) prepareRead(h uint64, off, n int64, df bool) *readJob {
+	j := &readJob{h: h, off: off, n: n}
 	if n == 0 {
+		return j
+	}
+	j.runs = c.plan(off, n)
+	var data int64
+	for _, r := range j.runs {
+		if r.data {
+			data += r.n
+		}
+	}
+	// Without structured replies, and with DF when some of the range is
+	// data, the whole range goes out as one piece, zeros included.
+	j.whole = !c.structured || (df && data > 0)
+	// Data runs: located pieces go out from their files, the rest is read
+	// into one buffer.
+	j.pieces = make([][]piece, len(j.runs))
+	left := maxPieces
+	for i, r := range j.runs {
+		if !r.data {
+			continue
+		}
+		j.pieces[i] = c.pieces(r.off, r.n, &left)
+		for _, p := range j.pieces[i] {
+			if p.src == nil {
+				j.need += p.n
+			}
+		}
+	}
+	return j
+}
+
+// finishRead reads what j needs into a buffer (waiting for the buffer
+// budget) and sends the reply.
+func (c *conn) finishRead(ctx context.Context, j *readJob) {
+	h := j.h
+	if j.n == 0 {
 		if c.structured {
 			c.send(bytesReply(chunk(replyFlagDone, chunkNone, h, nil)))
 		} else {
@@ -341,92 +423,56 @@ func (c *conn) read(ctx context.Context, h uint64, off, n int64, df bool) {
 		}
 		return
 	}
-	runs := c.plan(off, n)
-	var data int64
-	for _, r := range runs {
-		if r.data {
-			data += r.n
+	rep := &reply{}
+	if j.need > 0 {
+		// Charge what the pooled buffer really holds.
+		charged, err := c.s.budget.acquire(ctx, int64(poolSize(int(j.need))))
+		if err != nil {
+			return // the connection is going away
 		}
-	}
-	// Without structured replies, and with DF when some of the range is
-	// data, the whole range goes out as one piece, zeros included.
-	whole := !c.structured || (df && data > 0)
-	// Data runs: located pieces go out from their files; the rest, and
-	// zeros in whole mode, are read into (cleared in) one buffer.
-	pieces := make([][]piece, len(runs))
-	left := maxPieces
-	var need int64
-	for i, r := range runs {
-		switch {
-		case r.data:
-			pieces[i] = c.pieces(r.off, r.n, &left)
-			for _, p := range pieces[i] {
+		rep.charged = charged
+		rep.buf = c.s.pool.get(int(j.need))
+		buf := *rep.buf
+		pos := 0
+		for i, r := range j.runs {
+			if !r.data {
+				continue
+			}
+			at := r.off
+			for k := range j.pieces[i] {
+				p := &j.pieces[i][k]
 				if p.src == nil {
-					need += p.n
-				}
-			}
-		case whole:
-			need += r.n
-		}
-	}
-	// Charge what the pooled buffer really holds.
-	charged, err := c.s.budget.acquire(ctx, int64(poolSize(int(need))))
-	if err != nil {
-		return // the connection is going away
-	}
-	rep := &reply{charged: charged}
-	var buf []byte
-	if need > 0 {
-		rep.buf = c.s.pool.get(int(need))
-		buf = *rep.buf
-	}
-	// Fill buf: pieces to read from the image, zero runs (whole mode)
-	// cleared.
-	pos := 0
-	take := func(n int64) []byte {
-		b := buf[pos : pos+int(n)]
-		pos += int(n)
-		return b
-	}
-	var zeros [][]byte // per run, in whole mode
-	if whole {
-		zeros = make([][]byte, len(runs))
-	}
-	for i, r := range runs {
-		if !r.data {
-			if whole {
-				zeros[i] = take(r.n)
-				clear(zeros[i])
-			}
-			continue
-		}
-		at := r.off
-		for k := range pieces[i] {
-			p := &pieces[i][k]
-			if p.src == nil {
-				p.b = take(p.n)
-				if m, err := c.exp.Image.ReadAt(p.b, at); m < len(p.b) || (err != nil && err != io.EOF) {
-					if err == nil {
-						err = io.ErrUnexpectedEOF
+					p.b = buf[pos : pos+int(p.n)]
+					pos += int(p.n)
+					if m, err := c.exp.Image.ReadAt(p.b, at); m < len(p.b) || (err != nil && err != io.EOF) {
+						if err == nil {
+							err = io.ErrUnexpectedEOF
+						}
+						c.release(rep)
+						c.s.logf("nbd: export %q: read [%d, +%d): %v", c.exp.Name, at, p.n, err)
+						c.sendError(h, errIO, fmt.Sprintf("read error at offset %d", at))
+						return
 					}
-					c.release(rep)
-					c.s.logf("nbd: export %q: read [%d, +%d): %v", c.exp.Name, at, p.n, err)
-					c.sendError(h, errIO, fmt.Sprintf("read error at offset %d", at))
-					return
 				}
+				at += p.n
 			}
-			at += p.n
 		}
 	}
-	c.dataRead.Add(n)
+	c.dataRead.Add(j.n)
 
-	// addRun appends run i's bytes to the reply.
+	// addRun appends run i's bytes to the reply: zeros from the server's
+	// zero page, data pieces from their file or the buffer.
 	addRun := func(i int) {
-		if !runs[i].data {
-			rep.parts = append(rep.parts, part{b: zeros[i]})
+		r := j.runs[i]
+		if !r.data {
+			for left := r.n; left > 0; {
+				z := c.s.zeros[:min(left, int64(len(c.s.zeros)))]
+				rep.parts = append(rep.parts, part{b: z})
+				left -= int64(len(z))
+			}
 			return
 		}
-		for _, p := range pieces[i] {
+		for _, p := range j.pieces[i] {
 			if p.src != nil {
 				rep.parts = append(rep.parts, part{src: p.src, off: p.soff, n: p.n})
 			} else {
@@ -439,18 +485,18 @@ func (c *conn) read(ctx context.Context, h uint64, off, n int64, df bool) {
 		hdr := make([]byte, len(simpleReply{}))
 		putSimpleReply(hdr, 0, h)
 		rep.parts = append(rep.parts, part{b: hdr})
-		for i := range runs {
+		for i := range j.runs {
 			addRun(i)
 		}
-	case whole:
-		rep.parts = append(rep.parts, part{b: offsetData(replyFlagDone, h, off, int(n))})
-		for i := range runs {
+	case j.whole:
+		rep.parts = append(rep.parts, part{b: offsetData(replyFlagDone, h, j.off, int(j.n))})
+		for i := range j.runs {
 			addRun(i)
 		}
 	default:
-		for i, r := range runs {
+		for i, r := range j.runs {
 			var fl uint16
-			if i == len(runs)-1 {
+			if i == len(j.runs)-1 {
 				fl = replyFlagDone
 			}
 			if !r.data {
