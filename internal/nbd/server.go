@@ -12,7 +12,11 @@
 // NBD_CMD_BLOCK_STATUS from Image.Extent (Data → 0, Zero → NBD_STATE_ZERO,
 // Hole → NBD_STATE_HOLE|NBD_STATE_ZERO), NBD_CMD_CACHE and NBD_CMD_FLUSH
 // (no-ops), and refuses writes with EPERM. Several requests of one
-// connection are served in parallel and answered in any order.
+// connection are served in parallel and answered in any order. Data that
+// an image locates in an operating system file (formats.Locator) goes to
+// the socket with sendfile(2) on Linux, unless the connection uses TLS;
+// the device reads of such requests are started at once (FADV_WILLNEED),
+// the others are read by parallel workers.
 //
 // Memory is bounded whatever clients ask: a request reads at most
 // Options.MaxRequest bytes, a connection serves at most
