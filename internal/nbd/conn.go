@@ -80,6 +80,9 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		metaExport: -1,
 	}
 	c.nc = c.raw
+	if b, ok := nc.(interface{ SetWriteBuffer(int) error }); ok {
+		b.SetWriteBuffer(sockBuffer)
+	}
 	s.event(c.makeEvent(ConnOpened, nil))
 	err := c.run(ctx)
 	c.raw.Close()
@@ -90,6 +93,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	}
 	s.event(c.makeEvent(ConnClosed, err))
 }
+
+// sockBuffer is the socket send buffer asked for: room for several large
+// replies, so that the client drains them with fewer wake-ups.
+const sockBuffer = 4 << 20
 
 func remoteName(nc net.Conn) string {
 	if a := nc.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
