@@ -104,6 +104,7 @@ func (b *bench) updateWorkload(ctx context.Context, name string, vmfs int) error
 			// The leaf in full (the output is synced, timed, and removed).
 			o := filepath.Join(dir, "full."+f)
 			s, err := b.r.time(job{argv: []string{b.bin, "convert", "-q", "-f", f, disks[0].vol, updateLeaf, o}, output: o})
+			os.Remove(o + ".vmfs2vhd.json") // its record (written, as by any conversion)
 			if err != nil {
 				b.res.fail(full, err)
 			} else {

@@ -10,8 +10,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -529,3 +531,274 @@ func logReplay(t *testing.T, f updFormat, dir string, before []byte, next format
 }
 
 var updTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// TestApplyDirect: Apply on a file, with data chunks of 64 KiB and more
+// written past the page cache where the file system does direct I/O, ends
+// byte-identical to the same updates written through memory, step after
+// step, for every format.
+func TestApplyDirect(t *testing.T) {
+	d, _ := openDirect(filepath.Join(t.TempDir(), "none")) // missing: nil
+	if d != nil {
+		t.Fatal("openDirect opened a file that does not exist")
+	}
+	for _, f := range updFormats {
+		t.Run(f.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path, cur := baseFile(t, f, dir)
+			file, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			direct, _ := openDirect(path)
+			if direct != nil {
+				direct.Close()
+			}
+			var directBytes int64
+			for step, ch := range updSets {
+				next := cur.with(ch, uint64(101*(step+1)))
+				m := newMem(file)
+				want, err := apply(t, m, f, next, ch)
+				if err != nil {
+					t.Fatalf("step %d in memory: %v", step+1, err)
+				}
+				st, err := Apply(context.Background(), path, f.format, next, ch, UpdateOptions{Direct: DirectAlways})
+				if err != nil {
+					t.Fatalf("step %d: %v", step+1, err)
+				}
+				directBytes += st.DirectBytes
+				if st.DirectBytes > st.DataBytes || st.DirectBytes%4096 != 0 {
+					t.Fatalf("step %d: %d bytes written directly of %d", step+1, st.DirectBytes, st.DataBytes)
+				}
+				st.DirectBytes, st.Punched = 0, 0 // memory neither punches nor bypasses a cache
+				if st != want {
+					t.Fatalf("step %d: stats %+v, in memory %+v", step+1, st, want)
+				}
+				if file, err = os.ReadFile(path); err != nil {
+					t.Fatal(err)
+				}
+				if i := firstDiff(file, m.b); i >= 0 {
+					t.Fatalf("step %d: byte %d differs from the update written through memory", step+1, i)
+				}
+				cur = next
+			}
+			// Step 3 copies 10 MiB in 1 MiB chunks: raw and VHDX to 64 KiB-
+			// aligned places, qcow2 with 64 KiB clusters to new clusters
+			// (with 512-byte ones they need not start on a page).
+			if direct != nil && (f.name == "raw" || f.name == "vhdx" || f.name == "qcow2-v3-64k") && directBytes == 0 {
+				t.Errorf("no data written directly, on a file system that does direct I/O")
+			}
+			t.Logf("%d bytes written directly (direct I/O: %v)", directBytes, direct != nil)
+		})
+	}
+}
+
+// TestWriteDirect: what osUpdateFile.writeDirect takes, leaves to the page
+// cache, and how it falls back when the kernel refuses a direct write.
+func TestWriteDirect(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	writeFile(t, path, make([]byte, 4*mib))
+	d, align := openDirect(path)
+	if d == nil {
+		t.Skip("no direct I/O here")
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	uf := &osUpdateFile{File: f, direct: d, align: align}
+	defer func() {
+		if uf.direct != nil {
+			uf.direct.Close()
+		}
+	}()
+	if align < 4096 || align&(align-1) != 0 {
+		t.Fatalf("alignment %d", align)
+	}
+	buf := make([]byte, mib+4096)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	for _, c := range []struct {
+		name   string
+		b      []byte
+		off    int64
+		direct bool
+	}{
+		{"aligned", buf[:mib], mib, true},
+		{"short", buf[:directMin-align], 0, false},
+		{"unaligned offset", buf[:directMin], align / 2, false},
+		{"unaligned length", buf[:directMin+1], 2 * mib, false},
+		{"shortest", buf[:directMin], 3 * mib, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ok, err := uf.writeDirect(c.b, c.off)
+			if err != nil || ok != c.direct {
+				t.Fatalf("writeDirect = %v, %v; want %v", ok, err, c.direct)
+			}
+			if !ok {
+				return
+			}
+			got := make([]byte, len(c.b))
+			if _, err := f.ReadAt(got, c.off); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, c.b) {
+				t.Fatal("the file does not hold the bytes written directly")
+			}
+		})
+	}
+	// A buffer the kernel finds misaligned: EINVAL, direct I/O off, the
+	// caller writes the bytes itself.
+	if ok, err := uf.writeDirect(buf[1:1+mib], 0); ok || err != nil {
+		t.Fatalf("misaligned buffer: writeDirect = %v, %v; want a fallback", ok, err)
+	}
+	if uf.direct != nil {
+		t.Fatal("direct I/O still on after the kernel refused a write")
+	}
+	if ok, err := uf.writeDirect(buf[:mib], 0); ok || err != nil {
+		t.Fatalf("after the fallback: writeDirect = %v, %v", ok, err)
+	}
+}
+
+// slowSource is a disk whose reads can be made to fail, and that counts
+// the reads in flight.
+type slowSource struct {
+	formats.Image
+	failAt          int64 // a read covering this offset fails (-1: none)
+	inFlight, maxIn atomic.Int64
+	reads           atomic.Int64
+}
+
+var errSource = errors.New("source read failed")
+
+func (s *slowSource) ReadAt(p []byte, off int64) (int, error) {
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	for {
+		m := s.maxIn.Load()
+		if n <= m || s.maxIn.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	s.reads.Add(1)
+	time.Sleep(200 * time.Microsecond)
+	if s.failAt >= off && s.failAt < off+int64(len(p)) {
+		return 0, errSource
+	}
+	return s.Image.ReadAt(p, off)
+}
+
+// TestWriteUpdateStops: the read-ahead stops with the writer — on a
+// cancelled context before the first write (nothing changed, not even the
+// size), on one cancelled between two writes (the writes made are the
+// plan's first ones, in order), and on a read error (a *ReadError at the
+// failed chunk, the chunks before it written); no read is left running.
+func TestWriteUpdateStops(t *testing.T) {
+	f := formatNamed(t, "qcow2-v3-64k")
+	cur := newContent(updSize, updBase, 1)
+	l, err := f.plan(updSize, mustExtents(t, cur))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := layoutBytes(t, l, cur)
+	ch := []formats.Extent{{Off: 0, Len: 6 * mib, Kind: formats.Data}, {Off: 7 * mib, Len: 3 * mib, Kind: formats.Data}}
+	next := cur.with(ch, 5)
+	plan, err := PlanUpdate(bytes.NewReader(before), int64(len(before)), "qcow2", next, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := newMem(before)
+	if _, err := WriteUpdate(context.Background(), full, int64(len(before)), plan, next); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("cancelled before", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		m := newMem(before)
+		st, err := WriteUpdate(ctx, m, int64(len(before)), plan, next)
+		if !errors.Is(err, context.Canceled) || st != (ApplyStats{}) || m.writes != 0 || !bytes.Equal(m.b, before) {
+			t.Fatalf("WriteUpdate = %+v, %v after %d writes", st, err, m.writes)
+		}
+	})
+	for _, n := range []int{1, 3, 8} {
+		t.Run(fmt.Sprintf("cancelled after %d writes", n), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			src := &slowSource{Image: next, failAt: -1}
+			m := newMem(before)
+			calls := 0
+			_, err := WriteUpdate(ctx, m, int64(len(before)), plan, src, UpdateOptions{Progress: func(int64) {
+				if calls++; calls == n {
+					cancel()
+				}
+			}})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("WriteUpdate = %v, want cancelled", err)
+			}
+			if calls != n || len(m.trace) > len(full.trace) || !slices.Equal(m.trace, full.trace[:len(m.trace)]) {
+				t.Fatalf("%d progress calls, writes at %v; an uninterrupted run writes at %v", calls, m.trace, full.trace)
+			}
+			if in := src.inFlight.Load(); in != 0 {
+				t.Fatalf("%d reads still running", in)
+			}
+			if mx := src.maxIn.Load(); mx > updateReaders {
+				t.Fatalf("%d reads in flight at once, want at most %d", mx, updateReaders)
+			}
+			if r := src.reads.Load(); r > int64(n+updateAhead) {
+				t.Fatalf("%d chunks read for %d written: the read-ahead is not bounded", r, n)
+			}
+		})
+	}
+	t.Run("read error", func(t *testing.T) {
+		src := &slowSource{Image: next, failAt: 4*mib + 100}
+		m := newMem(before)
+		_, err := WriteUpdate(context.Background(), m, int64(len(before)), plan, src)
+		var re *ReadError
+		if !errors.As(err, &re) || !errors.Is(err, errSource) || re.Off != 4*mib || re.Len != mib {
+			t.Fatalf("WriteUpdate = %v, want a *ReadError of [4 MiB, +1 MiB)", err)
+		}
+		if len(m.trace) == 0 || !slices.Equal(m.trace, full.trace[:len(m.trace)]) {
+			t.Fatalf("writes at %v; an uninterrupted run writes at %v", m.trace, full.trace)
+		}
+		if in := src.inFlight.Load(); in != 0 {
+			t.Fatalf("%d reads still running", in)
+		}
+	})
+}
+
+// TestDirectMode: DirectNever writes nothing directly; DirectAuto goes
+// direct once the page cache has proved slower than directSlow per MiB
+// over directProbe bytes, and not before.
+func TestDirectMode(t *testing.T) {
+	f := formatNamed(t, "raw")
+	path, cur := baseFile(t, f, t.TempDir())
+	ch := []formats.Extent{{Off: 0, Len: 10 * mib, Kind: formats.Data}}
+	st, err := Apply(context.Background(), path, "raw", cur.with(ch, 4), ch, UpdateOptions{Direct: DirectNever})
+	if err != nil || st.DirectBytes != 0 || st.DataBytes != 10*mib {
+		t.Fatalf("DirectNever: %+v, %v", st, err)
+	}
+	for _, c := range []struct {
+		name   string
+		chunks []time.Duration // per 1 MiB chunk written through the cache
+		slow   bool
+	}{
+		{"fast", []time.Duration{200 * time.Microsecond, 300 * time.Microsecond, 250 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond}, false},
+		{"slow but too few bytes", []time.Duration{3 * time.Millisecond, 3 * time.Millisecond, 3 * time.Millisecond}, false},
+		{"slow", []time.Duration{2 * time.Millisecond, 1500 * time.Microsecond, 1800 * time.Microsecond, 1600 * time.Microsecond, 2 * time.Millisecond, 2 * time.Millisecond, 1700 * time.Microsecond, 1900 * time.Microsecond}, true},
+		{"one slow start", []time.Duration{5 * time.Millisecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond, 200 * time.Microsecond}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var r cacheRate
+			r.add(4*kib, time.Second) // small writes do not count
+			for _, d := range c.chunks {
+				r.add(mib, d)
+			}
+			if r.slow() != c.slow {
+				t.Fatalf("slow() = %v after %v", r.slow(), c.chunks)
+			}
+		})
+	}
+}

@@ -28,9 +28,13 @@ type Update struct {
 	PunchZeros bool
 }
 
-// meta is what PlanUpdate and Fingerprint read of an image: the header and
-// the tables reachable from it.
+// meta is what PlanUpdate and Fingerprint read of an image up front: the
+// header, the L1 table and the refcount table. L2 tables and refcount
+// blocks are read when needed — the planner reads those the changes touch,
+// the fingerprint streams them all through one buffer — so that neither
+// holds a disk's worth of tables in memory.
 type meta struct {
+	r          io.ReaderAt
 	h          *header
 	cs         int64
 	l2Entries  int64
@@ -38,14 +42,17 @@ type meta struct {
 	fileSize   int64
 	l1         []uint64 // raw entries, L1Size of them
 	rt         []int64  // refcount table: refcount block offsets (0: none)
-	rb         map[int64][]byte
-	end        int64 // clusters: highest cluster with a refcount, plus one
+	end        int64    // clusters: highest cluster with a refcount, plus one
+	lastK      int64    // the refcount block that counts cluster end-1,
+	lastBlock  []byte   // as read to find the end
 }
 
-// readMeta reads and checks the header, L1 table, refcount table and every
-// refcount block of r for an update. Images an update cannot honour
-// (snapshots, backing file, encryption, lazy refcounts that are dirty,
-// refcounts other than 16 bits …) are refused.
+// readMeta reads and checks the header, L1 table and refcount table of r
+// for an update, and finds the end of the clusters in use (reading
+// refcount blocks from the last one down to the first that counts a
+// cluster). Images an update cannot honour (snapshots, backing file,
+// encryption, lazy refcounts that are dirty, refcounts other than 16 bits
+// …) are refused.
 func readMeta(r io.ReaderAt, fileSize int64) (*meta, error) {
 	if _, err := Open(r, fileSize); err != nil {
 		return nil, err
@@ -66,7 +73,7 @@ func readMeta(r io.ReaderAt, fileSize int64) (*meta, error) {
 	case h.RefcountOrder != refcountOrder16:
 		return nil, errf(ErrUnsupported, "header", "refcount_order", hRefcountOrder, "%d-bit refcounts; an update writes 16-bit ones only", 1<<h.RefcountOrder)
 	}
-	m := &meta{h: h, fileSize: fileSize}
+	m := &meta{r: r, h: h, fileSize: fileSize}
 	m.cs = int64(1) << h.ClusterBits
 	m.l2Entries, m.rcPerBlock = m.cs/8, m.cs/2
 	// L1 (Open checked the part that maps the disk; check all of it).
@@ -82,7 +89,7 @@ func readMeta(r io.ReaderAt, fileSize int64) (*meta, error) {
 	for i := range m.l1 {
 		m.l1[i] = binary.BigEndian.Uint64(raw[i*8:])
 	}
-	// Refcount table and blocks.
+	// Refcount table.
 	rtBytes := int64(h.RefcountClusters) * m.cs
 	rtOff := int64(h.RefcountOffset)
 	if rtBytes > maxRefTableBytes || rtOff%m.cs != 0 || rtOff > fileSize-rtBytes {
@@ -93,7 +100,6 @@ func readMeta(r io.ReaderAt, fileSize int64) (*meta, error) {
 		return nil, fmt.Errorf("qcow2: reading refcount table: %w", err)
 	}
 	m.rt = make([]int64, rtBytes/8)
-	m.rb = map[int64][]byte{}
 	for k := range m.rt {
 		v := binary.BigEndian.Uint64(raw[k*8:])
 		off := int64(v &^ 0x1ff)
@@ -101,17 +107,21 @@ func readMeta(r io.ReaderAt, fileSize int64) (*meta, error) {
 			return nil, errf(ErrCorrupt, fmt.Sprintf("refcount table entry %d", k), "", rtOff+int64(k)*8, "refcount block at 0x%x is misaligned or beyond the %d-byte file", off, fileSize)
 		}
 		m.rt[k] = off
-		if off == 0 {
+	}
+	// The end: the last refcount block that counts a cluster, its last
+	// cluster counted.
+	blk := make([]byte, m.cs)
+	for k := int64(len(m.rt)) - 1; k >= 0 && m.end == 0; k-- {
+		if ok, err := m.refBlock(k, blk); err != nil || !ok {
+			if err != nil {
+				return nil, err
+			}
 			continue
 		}
-		blk := make([]byte, m.cs)
-		if _, err := formats.ReadFull(r, blk, off); err != nil {
-			return nil, fmt.Errorf("qcow2: reading refcount block at 0x%x: %w", off, err)
-		}
-		m.rb[int64(k)] = blk
 		for i := m.rcPerBlock - 1; i >= 0; i-- {
 			if binary.BigEndian.Uint16(blk[i*2:]) != 0 {
-				m.end = max(m.end, int64(k)*m.rcPerBlock+i+1)
+				m.end = k*m.rcPerBlock + i + 1
+				m.lastK, m.lastBlock = k, blk
 				break
 			}
 		}
@@ -122,27 +132,55 @@ func readMeta(r io.ReaderAt, fileSize int64) (*meta, error) {
 	return m, nil
 }
 
-// l2Table reads the L2 table of L1 entry i (nil when there is none).
-func (m *meta) l2Table(r io.ReaderAt, i int64) ([]uint64, error) {
+// refBlock reads refcount block k into b (one cluster); false when the
+// refcount table has no block there (b is left alone).
+func (m *meta) refBlock(k int64, b []byte) (bool, error) {
+	if k >= int64(len(m.rt)) || m.rt[k] == 0 {
+		return false, nil
+	}
+	if k == m.lastK && m.lastBlock != nil {
+		copy(b, m.lastBlock)
+		return true, nil
+	}
+	if _, err := formats.ReadFull(m.r, b[:m.cs], m.rt[k]); err != nil {
+		return false, fmt.Errorf("qcow2: reading refcount block at 0x%x: %w", m.rt[k], err)
+	}
+	return true, nil
+}
+
+// l2Table reads the L2 table of L1 entry i into b (one cluster, raw
+// big-endian entries); false when there is none (b is left alone).
+func (m *meta) l2Table(i int64, b []byte) (bool, error) {
 	if i >= int64(len(m.l1)) {
-		return nil, nil
+		return false, nil
 	}
 	off := int64(m.l1[i] & offsetMask)
 	if off == 0 {
-		return nil, nil
+		return false, nil
 	}
 	if m.l1[i]&l1Reserved != 0 || off%m.cs != 0 || off > m.fileSize-m.cs {
-		return nil, errf(ErrCorrupt, fmt.Sprintf("L1 entry %d", i), "", int64(m.h.L1Offset)+i*8, "L2 table at 0x%x is misaligned or beyond the file", off)
+		return false, errf(ErrCorrupt, fmt.Sprintf("L1 entry %d", i), "", int64(m.h.L1Offset)+i*8, "L2 table at 0x%x is misaligned or beyond the file", off)
 	}
-	raw := make([]byte, m.cs)
-	if _, err := formats.ReadFull(r, raw, off); err != nil {
-		return nil, fmt.Errorf("qcow2: reading L2 table at 0x%x: %w", off, err)
+	if _, err := formats.ReadFull(m.r, b[:m.cs], off); err != nil {
+		return false, fmt.Errorf("qcow2: reading L2 table at 0x%x: %w", off, err)
 	}
-	t := make([]uint64, m.l2Entries)
-	for k := range t {
-		t[k] = binary.BigEndian.Uint64(raw[k*8:])
+	return true, nil
+}
+
+// l2Copy is an L2 table as the planner changes it: raw big-endian entries,
+// which become the new table's bytes when changed.
+type l2Copy struct {
+	b       []byte
+	changed bool
+}
+
+func (t *l2Copy) get(k int64) uint64 { return binary.BigEndian.Uint64(t.b[k*8:]) }
+
+func (t *l2Copy) set(k int64, v uint64) {
+	if t.get(k) != v {
+		binary.BigEndian.PutUint64(t.b[k*8:], v)
+		t.changed = true
 	}
-	return t, nil
 }
 
 // PlanUpdate plans the update of the qcow2 image r (fileSize bytes) to a
@@ -167,9 +205,12 @@ func (m *meta) l2Table(r io.ReaderAt, i int64) ([]uint64, error) {
 // Metadata is copied on write: every L2 table that changes, the L1 table,
 // every refcount block that changes and the refcount table are written
 // anew at the end of the file, the clusters they replace freed (refcount
-// 0), and the header — one sector — written last to point at them. Until
-// that write the image is the old one (plus in-place data), valid for
-// qemu-img check; after it, the new one. Where new clusters go depends only
+// 0), and the header — one sector — written last to point at them. The
+// plan has two stages: the data and the new metadata (none of which is
+// reachable from the header yet, so their order does not matter), then
+// the header; the caller flushes after each. Until the header write the
+// image is the old one (plus in-place data), valid for qemu-img check;
+// after it, the new one. Where new clusters go depends only
 // on the metadata reachable from the header, so a run cut short anywhere
 // plans the same writes again; a run after a complete one finds every
 // cluster stored and changes no metadata: the update is idempotent.
@@ -198,23 +239,19 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 
 	next := m.end // next free cluster
 	alloc := func() int64 { next++; return (next - 1) * cs }
-	tables := map[int64][]uint64{} // L1 index → new L2 table
+	tables := map[int64]*l2Copy{} // L1 index → the L2 table as changed
 	var data []formats.Piece
-	table := func(i int64) ([]uint64, error) {
+	table := func(i int64) (*l2Copy, error) {
 		if t, ok := tables[i]; ok {
 			return t, nil
 		}
-		t, err := m.l2Table(r, i)
-		if err != nil {
+		t := &l2Copy{b: make([]byte, cs)} // zeros: no table yet
+		if _, err := m.l2Table(i, t.b); err != nil {
 			return nil, err
-		}
-		if t == nil {
-			t = make([]uint64, m.l2Entries)
 		}
 		tables[i] = t
 		return t, nil
 	}
-	orig := map[int64][]uint64{} // L1 index → table as read, to detect changes
 
 	// Walk the changes cluster by cluster.
 	type seg struct {
@@ -232,10 +269,7 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 		if err != nil {
 			return err
 		}
-		if _, ok := orig[i]; !ok {
-			orig[i] = append([]uint64(nil), t...)
-		}
-		v := t[k]
+		v := t.get(k)
 		entOff := int64(-1) // a new table
 		if i < int64(len(m.l1)) {
 			entOff = int64(m.l1[i]&offsetMask) + k*8
@@ -279,11 +313,11 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 			for _, p := range srcPieces(host, c*cs, cs, newSize) {
 				data = addPiece(data, p)
 			}
-			t[k] = uint64(host) | flagCopied
+			t.set(k, uint64(host)|flagCopied)
 		case !stored:
 			// reads as zero already
 		case zeroLen == vlen && v3:
-			t[k] = uint64(host) | flagCopied | flagZero
+			t.set(k, uint64(host)|flagCopied|flagZero)
 		default:
 			for _, s := range segs {
 				data = addPiece(data, formats.Piece{Off: host + s.off - c*cs, Len: s.n, Src: -1})
@@ -313,12 +347,8 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 	u := &Update{}
 	var idx []int64
 	for i, t := range tables {
-		o := orig[i]
-		for k := range t {
-			if t[k] != o[k] {
-				idx = append(idx, i)
-				break
-			}
+		if t.changed {
+			idx = append(idx, i)
 		}
 	}
 	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
@@ -342,11 +372,7 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 		}
 		off := alloc()
 		l1[i] = uint64(off) | flagCopied
-		b := make([]byte, cs)
-		for k, v := range tables[i] {
-			binary.BigEndian.PutUint64(b[k*8:], v)
-		}
-		metaPieces = append(metaPieces, formats.Piece{Off: off, Len: cs, Meta: b})
+		metaPieces = append(metaPieces, formats.Piece{Off: off, Len: cs, Meta: tables[i].b})
 	}
 	for k := range (int64(m.h.L1Size)*8 + cs - 1) / cs {
 		freed[int64(m.h.L1Offset)/cs+k] = true
@@ -415,9 +441,9 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 		newRB[k] = (base + int64(j)) * cs
 	}
 	for _, k := range dirty {
-		b := make([]byte, cs)
-		if old, ok := m.rb[k]; ok {
-			copy(b, old)
+		b := make([]byte, cs) // zeros: no block yet
+		if _, err := m.refBlock(k, b); err != nil {
+			return nil, err
 		}
 		lo, hi := k*m.rcPerBlock, (k+1)*m.rcPerBlock
 		for c := max(lo, m.end); c < min(hi, end); c++ {
@@ -455,11 +481,11 @@ func PlanUpdate(r io.ReaderAt, fileSize, newSize int64, changes []formats.Extent
 	be.PutUint64(hb[hRefcountOffset:], uint64(rtOff))
 	be.PutUint32(hb[hRefcountClusters:], uint32(nRT))
 
+	// Two stages: the data and the new tables, which nothing reachable
+	// points at until the header does (so their order does not matter,
+	// and one flush makes them all durable), then the header.
 	u.FileSize = end * cs
-	if len(data) > 0 {
-		u.Stages = append(u.Stages, data)
-	}
-	u.Stages = append(u.Stages, metaPieces, []formats.Piece{{Off: 0, Len: int64(len(hb)), Meta: hb}})
+	u.Stages = [][]formats.Piece{append(data, metaPieces...), {{Off: 0, Len: int64(len(hb)), Meta: hb}}}
 	return u, nil
 }
 
@@ -491,15 +517,18 @@ func srcPieces(off, src, n, size int64) []formats.Piece {
 }
 
 // Fingerprint returns a SHA-256 over the image's metadata: the header
-// cluster, the L1 table, every L2 table it points at (in L1 order), the
-// refcount table and every refcount block. Data clusters are not read.
+// cluster, the L1 table, every L2 table it points at (in L1 order, each
+// after its L1 entry), the refcount table and every refcount block (each
+// after its refcount table entry). Data clusters are not read; the tables
+// are read one at a time through one buffer.
 func Fingerprint(r io.ReaderAt, fileSize int64) ([32]byte, error) {
 	m, err := readMeta(r, fileSize)
 	if err != nil {
 		return [32]byte{}, err
 	}
 	h := sha256.New()
-	hc := make([]byte, min(m.cs, fileSize))
+	buf := make([]byte, m.cs)
+	hc := buf[:min(m.cs, fileSize)]
 	if _, err := formats.ReadFull(r, hc, 0); err != nil {
 		return [32]byte{}, fmt.Errorf("qcow2: reading header: %w", err)
 	}
@@ -508,19 +537,20 @@ func Fingerprint(r io.ReaderAt, fileSize int64) ([32]byte, error) {
 	for i, v := range m.l1 {
 		binary.BigEndian.PutUint64(b[:], v)
 		h.Write(b[:])
-		t, err := m.l2Table(r, int64(i))
-		if err != nil {
+		if ok, err := m.l2Table(int64(i), buf); err != nil {
 			return [32]byte{}, err
-		}
-		for _, e := range t {
-			binary.BigEndian.PutUint64(b[:], e)
-			h.Write(b[:])
+		} else if ok {
+			h.Write(buf)
 		}
 	}
 	for k, off := range m.rt {
 		binary.BigEndian.PutUint64(b[:], uint64(off))
 		h.Write(b[:])
-		h.Write(m.rb[int64(k)])
+		if ok, err := m.refBlock(int64(k), buf); err != nil {
+			return [32]byte{}, err
+		} else if ok {
+			h.Write(buf)
+		}
 	}
 	return [32]byte(h.Sum(nil)), nil
 }

@@ -44,14 +44,25 @@ import (
 //
 // An update cut short leaves the record "update in progress": a plain
 // convert refuses the output (it exists; the message says why), the same
-// --update finishes it (the format planners are idempotent).
+// --update finishes it (the format planners are idempotent). SIGINT and
+// SIGTERM cancel the update between two writes: the command says it was
+// interrupted and leaves the record "update in progress" — or, when the
+// interrupt came before the first write, as it was ("the output was not
+// touched"). An update whose last stage was synced before the interrupt
+// was noticed is complete and recorded so.
 //
 // Test hook: with VMFS2VHD_TEST_UPDATE_KILL_AFTER=N in its environment the
 // process kills itself (SIGKILL on Unix) right after the Nth write of the
 // update (each metadata piece, each data chunk of up to 1 MiB, each zero
 // range counts one), before the stage's fsync — update_test.go uses it to
-// cut updates short at chosen points.
-const killAfterEnv = "VMFS2VHD_TEST_UPDATE_KILL_AFTER"
+// cut updates short at chosen points. With VMFS2VHD_TEST_UPDATE_KILL_SIGNAL=INT
+// as well it interrupts itself instead (SIGINT, as Ctrl-C does) and waits
+// until the interrupt has cancelled the update, which then stops before its
+// next write.
+const (
+	killAfterEnv  = "VMFS2VHD_TEST_UPDATE_KILL_AFTER"
+	killSignalEnv = "VMFS2VHD_TEST_UPDATE_KILL_SIGNAL"
+)
 
 // updateFlags are convert's flags for provenance records and updates.
 func updateFlags() []cli.Flag {
@@ -346,34 +357,47 @@ func updateOne(ctx context.Context, c *cli.Context, src *source, output string, 
 		u.ChangedBytes += e.Len
 	}
 
+	opts, finish, err := updateProgress(ctx, c, src)
+	if err != nil {
+		return res, err
+	}
 	// From here on the output may change: say so first.
+	if err := ctx.Err(); err != nil {
+		return res, fmt.Errorf("%s: update interrupted before it began (the output was not touched)", output)
+	}
 	prev := *rec
 	rec.State, rec.UpdateTarget, rec.Updated = convert.StateUpdateInProgress, chain, time.Now().UTC()
 	if err := convert.SaveRecord(side, rec); err != nil {
 		return res, fmt.Errorf("%s: cannot mark the update in progress: %w", side, err)
 	}
-	progress, bar, err := updateProgress(c, output, f.name, src, changes)
-	if err != nil {
-		return res, err
-	}
-	st, err := convert.Apply(ctx, output, f.name, src.img, changes, convert.UpdateOptions{Progress: progress})
-	finishProgress(bar)
+	st, err := convert.Apply(ctx, output, f.name, src.img, changes, opts)
+	finish()
 	u.AppliedBytes, u.DataBytes, u.ZeroBytes, u.MetadataBytes = st.Applied(), st.DataBytes, st.ZeroBytes, st.MetaBytes
 	res.DataBytes = st.Applied()
+	interrupted := errors.Is(err, context.Canceled)
 	if err != nil && st == (convert.ApplyStats{}) {
 		// Nothing was written (the output could not be opened, or its
-		// format refuses the update, e.g. a VHD whose disk grew): the
-		// record goes back to what it said.
+		// format refuses the update, e.g. a VHD whose disk grew, or an
+		// interrupt came first): the record goes back to what it said.
 		if serr := convert.SaveRecord(side, &prev); serr != nil {
 			return res, errors.Join(err, serr)
 		}
+		if interrupted {
+			return res, fmt.Errorf("%s: update interrupted before its first write (the output was not touched)", output)
+		}
 		return res, fmt.Errorf("%s: %w (the output was not touched)", output, err)
+	}
+	if interrupted {
+		return res, fmt.Errorf("%s: update interrupted after %s written; %s says %q: run the same convert --update again to finish it", output, formatSize(st.Applied()), side, convert.StateUpdateInProgress)
 	}
 	if err != nil {
 		return res, fmt.Errorf("%s: update cut short (%w); %s says %q: run the same convert --update again to finish it", output, err, side, convert.StateUpdateInProgress)
 	}
 	if c.Bool("verify") || c.Bool("verify-changed") {
 		if err := verifyUpdate(ctx, c, src.img, output, f, changes); err != nil {
+			if errors.Is(err, context.Canceled) {
+				return res, fmt.Errorf("%s: verification interrupted; the update was written and synced, but %s still says %q: run the same convert --update again to verify and record it", output, side, convert.StateUpdateInProgress)
+			}
 			return res, err
 		}
 		res.Verified, u.VerifiedRanges = c.Bool("verify"), c.Bool("verify-changed")
@@ -393,57 +417,58 @@ func updateOne(ctx context.Context, c *cli.Context, src *source, output string, 
 	return res, nil
 }
 
-// updateProgress returns the progress callback of an update: a bar on a
-// terminal (its total is the planned bytes, so the output is planned once
-// more for it), and the test hook that kills the process after N writes.
-func updateProgress(c *cli.Context, output, format string, src *source, changes []formats.Extent) (func(int64), *progressbar.ProgressBar, error) {
-	progress := func(int64) {}
+// updateProgress returns the progress options of an update and the
+// function that ends its bar: on a terminal, a bar created once the plan
+// is known (its total is the planned bytes); and the test hook that kills
+// or interrupts the process after N writes.
+func updateProgress(ctx context.Context, c *cli.Context, src *source) (convert.UpdateOptions, func(), error) {
 	var bar *progressbar.ProgressBar
+	opts := convert.UpdateOptions{Progress: func(int64) {}}
+	finish := func() { finishProgress(bar) }
 	if w, ok := c.App.ErrWriter.(*os.File); ok && !c.Bool("quiet") && term.IsTerminal(int(w.Fd())) {
-		var total int64
-		if err := func() error {
-			f, err := os.Open(output)
-			if err != nil {
-				return err
+		opts.Planned = func(p *convert.UpdatePlan) { bar = newProgress(c, p.Total(), src.name) }
+		opts.Progress = func(n int64) {
+			if bar != nil {
+				bar.Add64(n)
 			}
-			defer f.Close()
-			fi, err := f.Stat()
-			if err != nil {
-				return err
-			}
-			p, err := convert.PlanUpdate(f, fi.Size(), format, src.img, changes)
-			if err != nil {
-				return err
-			}
-			for _, st := range p.Stages {
-				for _, pc := range st {
-					total += pc.Len
-				}
-			}
-			return nil
-		}(); err != nil {
-			return nil, nil, err
 		}
-		b := newProgress(c, total, src.name)
-		progress, bar = func(n int64) { b.Add64(n) }, b
 	}
 	if s := os.Getenv(killAfterEnv); s != "" {
 		limit, err := strconv.Atoi(s)
 		if err != nil || limit < 1 {
-			return nil, nil, fmt.Errorf("%s=%q: want a count of writes", killAfterEnv, s)
+			return opts, finish, fmt.Errorf("%s=%q: want a count of writes", killAfterEnv, s)
 		}
-		inner, writes := progress, 0
-		progress = func(n int64) {
+		interrupt := false
+		switch sig := os.Getenv(killSignalEnv); sig {
+		case "", "KILL":
+		case "INT":
+			interrupt = true
+		default:
+			return opts, finish, fmt.Errorf("%s=%q: want KILL or INT", killSignalEnv, sig)
+		}
+		inner, writes := opts.Progress, 0
+		opts.Progress = func(n int64) {
 			inner(n)
-			if writes++; writes >= limit {
-				if p, err := os.FindProcess(os.Getpid()); err == nil {
-					p.Kill()
-				}
+			if writes++; writes != limit {
+				return
+			}
+			p, err := os.FindProcess(os.Getpid())
+			if err != nil {
+				return
+			}
+			if !interrupt {
+				p.Kill()
 				select {} // the signal is on its way
+			}
+			if p.Signal(os.Interrupt) == nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(10 * time.Second):
+				}
 			}
 		}
 	}
-	return progress, bar, nil
+	return opts, finish, nil
 }
 
 // verifyUpdate reads the updated output back through its format's reader

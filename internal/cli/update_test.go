@@ -654,3 +654,90 @@ func TestUpdateKilled(t *testing.T) {
 		})
 	}
 }
+
+// An update interrupted with SIGINT (as Ctrl-C would: the test hook sends
+// it to the process itself right after the Nth write and waits until the
+// update is cancelled) stops before its next write, exits with status 1
+// saying it was interrupted and how to finish, and leaves the record
+// "update in progress": for qcow2 an output qemu-img check accepts, and
+// for every format one that the same --update completes into the full
+// conversion of the leaf. Interrupted after its last write, an update may
+// also finish (it syncs and records the new point) — never a record that
+// says complete over an output that is not.
+func TestUpdateInterrupted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	oracle.Find(t, "qemu-img")
+	bin := filepath.Join(t.TempDir(), "vmfs2vhd")
+	if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ds := buildDatastore(t, updSpec(6, 3, 30))
+	refs := updRefs(t, ds)
+	leaf := updPoints[3]
+	rng := rand.New(rand.NewPCG(15, 2027))
+	for _, f := range updFormats {
+		t.Run(f.name, func(t *testing.T) {
+			dir := t.TempDir()
+			base := filepath.Join(dir, "base"+f.ext)
+			mustCLI(t, append(append(ds.cmd("convert", "-q", "--base"), f.flags...), ds.volume, leaf, base)...)
+			total, _ := updateWrites(t, ds, f.format(), base)
+			if total < 4 {
+				t.Fatalf("the update makes %d writes", total)
+			}
+			// The first write, one in between, the last but one, the last.
+			for _, n := range []int{1, 2 + rng.IntN(total-3), total - 1, total} {
+				t.Run(fmt.Sprintf("after %d of %d writes", n, total), func(t *testing.T) {
+					out := filepath.Join(dir, fmt.Sprintf("int%d%s", n, f.ext))
+					copyOutput(t, base, out)
+					cmd := exec.Command(bin, append(ds.cmd("convert", "-q", "--update"), ds.volume, leaf, out)...)
+					cmd.Env = append(os.Environ(), killAfterEnv+"="+strconv.Itoa(n), killSignalEnv+"=INT")
+					var stderr bytes.Buffer
+					cmd.Stderr = &stderr
+					err := cmd.Run()
+					rec, rerr := convert.LoadRecord(convert.SidecarPath(out))
+					if rerr != nil {
+						t.Fatal(rerr)
+					}
+					if err == nil {
+						// The interrupt came after the last write: the
+						// update went on to sync and record.
+						if n < total {
+							t.Fatalf("exit 0 after an interrupt at write %d of %d: %s", n, total, stderr.String())
+						}
+						t.Logf("interrupted after the last write: the update finished")
+						checkPoint(t, ds, f, out, refs[3], 3)
+						return
+					}
+					var ee *exec.ExitError
+					if !errors.As(err, &ee) || ee.ExitCode() != exitFailure {
+						t.Fatalf("interrupted update: %v (want exit status %d, not death by the signal): %s", err, exitFailure, stderr.String())
+					}
+					msg := stderr.String()
+					if !strings.Contains(msg, "update interrupted") || !strings.Contains(msg, "run the same convert --update again") {
+						t.Errorf("interrupted update says: %s", msg)
+					}
+					if rec.State != convert.StateUpdateInProgress || len(rec.UpdateTarget) != 4 || len(rec.Source.Chain) != 1 {
+						t.Fatalf("record after an interrupt: state %q, chain %d layers, target %d layers", rec.State, len(rec.Source.Chain), len(rec.UpdateTarget))
+					}
+					if f.format() == "qcow2" {
+						oracle.Run(t, "qemu-img", "check", "-f", "qcow2", out)
+					}
+					// A plain convert refuses it; the same --update finishes it.
+					st := stamp(t, out)
+					code, _, stderr2 := runCLI(t, append(append(ds.cmd("convert", "-q"), f.flags...), ds.volume, leaf, out)...)
+					if code == 0 || !strings.Contains(stderr2, "unfinished update") {
+						t.Errorf("a plain convert over an interrupted update: exit %d, %s", code, stderr2)
+					}
+					st.same(t, out)
+					r := updateResult(t, mustCLI(t, append(ds.cmd("convert", "--update", "--json"), ds.volume, leaf, out)...))
+					if r.Update == nil || !r.Update.Resumed {
+						t.Errorf("re-run report %+v, want a resumed update", r.Update)
+					}
+					checkPoint(t, ds, f, out, refs[3], 3)
+				})
+			}
+		})
+	}
+}
