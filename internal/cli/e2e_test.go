@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -280,15 +281,47 @@ func TestStreamEqualsFile(t *testing.T) {
 	}
 }
 
+// testBinary builds vmfs2vhd once for the tests that run it as a process
+// (to signal or kill it) and returns its path.
+func testBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vmfs2vhd-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "vmfs2vhd")
+		if out, err := exec.Command("go", "build", "-o", binPath, "../..").CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("%v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatalf("build: %v", binErr)
+	}
+	return binPath
+}
+
+var (
+	binOnce sync.Once
+	binPath string // in a directory TestMain removes
+	binErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // An interrupted conversion leaves no output: SIGINT to a real process.
 func TestInterruptLeavesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "vmfs2vhd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := testBinary(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "big.img")
 	m, err := testimages.Build(testimages.Spec{VMFS: 5, HashLimit: 1, Disks: []testimages.DiskSpec{{Path: "big/big.vmdk", Type: testimages.Eager, Size: 1 << 30, Fill: 100}}}, img)

@@ -579,10 +579,7 @@ func TestUpdateKilled(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	oracle.Find(t, "qemu-img")
-	bin := filepath.Join(t.TempDir(), "vmfs2vhd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := testBinary(t)
 	ds := buildDatastore(t, updSpec(6, 3, 30))
 	refs := updRefs(t, ds)
 	leaf := updPoints[3]
@@ -669,10 +666,7 @@ func TestUpdateInterrupted(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	oracle.Find(t, "qemu-img")
-	bin := filepath.Join(t.TempDir(), "vmfs2vhd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := testBinary(t)
 	ds := buildDatastore(t, updSpec(6, 3, 30))
 	refs := updRefs(t, ds)
 	leaf := updPoints[3]
