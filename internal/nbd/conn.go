@@ -355,8 +355,8 @@ func (c *conn) infoReplies(opt uint32, idx int, infos []uint16) error {
 	// The server enforces a maximum request size, so it always tells.
 	b = make([]byte, 14)
 	be.PutUint16(b, infoBlockSize)
-	be.PutUint32(b[2:], 1)    // minimum: any alignment
-	be.PutUint32(b[6:], 4096) // preferred
+	be.PutUint32(b[2:], 1) // minimum: any alignment
+	be.PutUint32(b[6:], uint32(preferredBlock(c.s.opts.MaxRequest)))
 	be.PutUint32(b[10:], uint32(c.s.opts.MaxRequest))
 	if err := c.optReply(opt, repInfo, b); err != nil {
 		return err

@@ -127,6 +127,7 @@ func TestOracleNbdinfoList(t *testing.T) {
 			Size        int64  `json:"export-size"`
 			ReadOnly    bool   `json:"is_read_only"`
 			Block       int64  `json:"block_size_maximum"`
+			Preferred   int64  `json:"block_size_preferred"`
 		} `json:"exports"`
 	}
 	if err := json.Unmarshal(out, &got); err != nil {
@@ -137,9 +138,9 @@ func TestOracleNbdinfoList(t *testing.T) {
 	}
 	for i, e := range exports {
 		g := got.Exports[i]
-		if g.Name != e.Name || g.Description != e.Description || g.Size != e.Image.Size() || !g.ReadOnly || g.Block != DefaultMaxRequest {
-			t.Errorf("export %d: nbdinfo says %+v, want name %q, description %q, size %d, read-only, max block %d",
-				i, g, e.Name, e.Description, e.Image.Size(), DefaultMaxRequest)
+		if g.Name != e.Name || g.Description != e.Description || g.Size != e.Image.Size() || !g.ReadOnly || g.Block != DefaultMaxRequest || g.Preferred != PreferredBlock {
+			t.Errorf("export %d: nbdinfo says %+v, want name %q, description %q, size %d, read-only, max block %d, preferred %d",
+				i, g, e.Name, e.Description, e.Image.Size(), DefaultMaxRequest, PreferredBlock)
 		}
 	}
 }

@@ -57,6 +57,26 @@ type Export struct {
 // they must send them: simple replies, DF).
 const zeroPage = 256 << 10
 
+// PreferredBlock is the preferred block size the server advertises
+// (NBD_INFO_BLOCK_SIZE), unless Options.MaxRequest is smaller: the VMFS
+// file block, the granularity of a thin disk's holes and of its TBZ blocks,
+// which the protocol names as a fitting value. Clients size their requests
+// by it — nbdcopy uses it as its request size — and a request of whole
+// blocks costs one extent lookup and one device read per block. Measured
+// (nbdcopy of a dense 1 GiB disk to a file, median of 6): 1.37 s at 4 KiB,
+// 1.19 s at 1 MiB, 1.22 s at 2 MiB, 1.30 s at 4 MiB.
+const PreferredBlock = 1 << 20
+
+// preferredBlock is PreferredBlock, or the largest power of two not above
+// maxRequest (the protocol wants the maximum at least the preferred size).
+func preferredBlock(maxRequest int) int {
+	p := PreferredBlock
+	for p > maxRequest {
+		p >>= 1
+	}
+	return p
+}
+
 // Defaults of Options.
 const (
 	DefaultMaxRequest       = 32 << 20

@@ -60,7 +60,7 @@ func TestHandshakeGo(t *testing.T) {
 			if e.flags != wantFlags {
 				t.Errorf("transmission flags %#x, want %#x", e.flags, wantFlags)
 			}
-			if e.minBS != 1 || e.prefBS != 4096 || e.max != DefaultMaxRequest {
+			if e.minBS != 1 || e.prefBS != PreferredBlock || e.max != DefaultMaxRequest {
 				t.Errorf("block sizes %d/%d/%d", e.minBS, e.prefBS, e.max)
 			}
 			if tc.wantName == "disk" && e.description != "the test disk" {
@@ -89,6 +89,30 @@ func TestHandshakeGo(t *testing.T) {
 	for _, e := range ev {
 		if e.Err != nil || e.Export == "" || e.Requests != 2 || e.BytesIn == 0 || e.BytesOut == 0 || e.DataRead != 4096 {
 			t.Errorf("close event %+v", e)
+		}
+	}
+}
+
+// TestBlockSizes: the preferred block size is PreferredBlock unless the
+// maximum request is smaller; then the largest power of two below it, so
+// that the maximum is never below the preferred size.
+func TestBlockSizes(t *testing.T) {
+	for _, tc := range []struct{ maxRequest, wantPref int }{
+		{0, PreferredBlock},
+		{4 << 20, PreferredBlock},
+		{PreferredBlock, PreferredBlock},
+		{80 << 10, 64 << 10},
+		{4096, 4096},
+	} {
+		ts := startServer(t, twoExports(), Options{MaxRequest: tc.maxRequest})
+		c := newClient(t, dialUnix(t, ts.path))
+		e := c.negotiate("disk", true, false)
+		wantMax := uint32(tc.maxRequest)
+		if tc.maxRequest == 0 {
+			wantMax = DefaultMaxRequest
+		}
+		if e.minBS != 1 || e.prefBS != uint32(tc.wantPref) || e.max != wantMax {
+			t.Errorf("MaxRequest %d: block sizes %d/%d/%d, want 1/%d/%d", tc.maxRequest, e.minBS, e.prefBS, e.max, tc.wantPref, wantMax)
 		}
 	}
 }
