@@ -349,6 +349,11 @@ func (b *bench) workload(ctx context.Context, w workload) error {
 			}
 		}
 	}
+	if !b.cfg.dropCaches {
+		if err := recache(vol, plain); err != nil {
+			return err
+		}
+	}
 	if err := b.measure(cells); err != nil {
 		return err
 	}
