@@ -569,28 +569,50 @@ func updateWrites(t *testing.T, ds datastore, format, out string) (total, afterL
 	return total, afterLog
 }
 
+// updProcess is what the tests that run vmfs2vhd as a process and stop it
+// mid-update share: the built binary, a VMFS6 datastore whose disk has
+// three snapshots, the raw references of its points, and its leaf.
+type updProcess struct {
+	bin  string
+	ds   datastore
+	refs []string
+	leaf string
+}
+
+func newUpdProcess(t *testing.T) updProcess {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	oracle.Find(t, "qemu-img")
+	p := updProcess{bin: testBinary(t), ds: buildDatastore(t, updSpec(6, 3, 30)), leaf: updPoints[3]}
+	p.refs = updRefs(t, p.ds)
+	return p
+}
+
+// update runs `vmfs2vhd convert -q --update VOLUME LEAF out` with the
+// extra environment (the test hooks) and returns its stderr and error.
+func (p updProcess) update(out string, env ...string) (string, error) {
+	cmd := exec.Command(p.bin, append(p.ds.cmd("convert", "-q", "--update"), p.ds.volume, p.leaf, out)...)
+	cmd.Env = append(os.Environ(), env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	return stderr.String(), err
+}
+
 // An update killed (SIGKILL) at seeded points — twice in a row for each
 // format — leaves an output that says "update in progress", that a plain
 // convert refuses, and that the same --update completes: always the full
 // conversion of the leaf. A VHDX killed between its log entry and its BAT
 // is also repaired by qemu-img's log replay.
 func TestUpdateKilled(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	oracle.Find(t, "qemu-img")
-	bin := testBinary(t)
-	ds := buildDatastore(t, updSpec(6, 3, 30))
-	refs := updRefs(t, ds)
-	leaf := updPoints[3]
+	p := newUpdProcess(t)
+	ds, refs, leaf := p.ds, p.refs, p.leaf
 	rng := rand.New(rand.NewPCG(15, 2026))
 	killed := func(t *testing.T, out string, n int) bool {
 		t.Helper()
-		cmd := exec.Command(bin, append(ds.cmd("convert", "-q", "--update"), ds.volume, leaf, out)...)
-		cmd.Env = append(os.Environ(), killAfterEnv+"="+strconv.Itoa(n))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		err := cmd.Run()
+		stderr, err := p.update(out, killAfterEnv+"="+strconv.Itoa(n))
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
@@ -598,7 +620,7 @@ func TestUpdateKilled(t *testing.T) {
 			}
 		}
 		if err != nil {
-			t.Fatalf("update with a kill after %d writes: %v: %s", n, err, stderr.String())
+			t.Fatalf("update with a kill after %d writes: %v: %s", n, err, stderr)
 		}
 		return false
 	}
@@ -662,14 +684,8 @@ func TestUpdateKilled(t *testing.T) {
 // also finish (it syncs and records the new point) — never a record that
 // says complete over an output that is not.
 func TestUpdateInterrupted(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	oracle.Find(t, "qemu-img")
-	bin := testBinary(t)
-	ds := buildDatastore(t, updSpec(6, 3, 30))
-	refs := updRefs(t, ds)
-	leaf := updPoints[3]
+	p := newUpdProcess(t)
+	ds, refs, leaf := p.ds, p.refs, p.leaf
 	rng := rand.New(rand.NewPCG(15, 2027))
 	for _, f := range updFormats {
 		t.Run(f.name, func(t *testing.T) {
@@ -685,11 +701,7 @@ func TestUpdateInterrupted(t *testing.T) {
 				t.Run(fmt.Sprintf("after %d of %d writes", n, total), func(t *testing.T) {
 					out := filepath.Join(dir, fmt.Sprintf("int%d%s", n, f.ext))
 					copyOutput(t, base, out)
-					cmd := exec.Command(bin, append(ds.cmd("convert", "-q", "--update"), ds.volume, leaf, out)...)
-					cmd.Env = append(os.Environ(), killAfterEnv+"="+strconv.Itoa(n), killSignalEnv+"=INT")
-					var stderr bytes.Buffer
-					cmd.Stderr = &stderr
-					err := cmd.Run()
+					msg, err := p.update(out, killAfterEnv+"="+strconv.Itoa(n), killSignalEnv+"=INT")
 					rec, rerr := convert.LoadRecord(convert.SidecarPath(out))
 					if rerr != nil {
 						t.Fatal(rerr)
@@ -698,7 +710,7 @@ func TestUpdateInterrupted(t *testing.T) {
 						// The interrupt came after the last write: the
 						// update went on to sync and record.
 						if n < total {
-							t.Fatalf("exit 0 after an interrupt at write %d of %d: %s", n, total, stderr.String())
+							t.Fatalf("exit 0 after an interrupt at write %d of %d: %s", n, total, msg)
 						}
 						t.Logf("interrupted after the last write: the update finished")
 						checkPoint(t, ds, f, out, refs[3], 3)
@@ -706,9 +718,8 @@ func TestUpdateInterrupted(t *testing.T) {
 					}
 					var ee *exec.ExitError
 					if !errors.As(err, &ee) || ee.ExitCode() != exitFailure {
-						t.Fatalf("interrupted update: %v (want exit status %d, not death by the signal): %s", err, exitFailure, stderr.String())
+						t.Fatalf("interrupted update: %v (want exit status %d, not death by the signal): %s", err, exitFailure, msg)
 					}
-					msg := stderr.String()
 					if !strings.Contains(msg, "update interrupted") || !strings.Contains(msg, "run the same convert --update again") {
 						t.Errorf("interrupted update says: %s", msg)
 					}
